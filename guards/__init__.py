@@ -1,0 +1,102 @@
+"""sanegraph.guards: the ledger, policies, guard checks, envelopes, guard nodes and edges.
+
+Compose a guarded graph from these pieces, or start from :mod:`sanegraph.graphs`.
+
+Example:
+    ```python
+    from sanegraph.guards import GuardPolicy, GuardedState, guarded, guard_route, task_owner
+    ```
+"""
+
+from .checks import check_deadline, check_envelope, check_hops, make_trip
+from .envelope import Envelope, EnvelopeStatus, coerce_envelope, envelope_to_dict
+from .errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    GuardTripped,
+    HopCapExceeded,
+    InvalidDecision,
+    InvalidEnvelope,
+    SanegraphError,
+)
+from .graph import DurableCompiledGraph, GuardedStateGraph
+from .ledger import (
+    DEFAULT_WINDOW,
+    MAX_RECENT,
+    MAX_TRIPS,
+    EnvelopeRecord,
+    GuardedState,
+    Ledger,
+    RunStatus,
+    StepDelta,
+    Trip,
+    fold_ledger,
+    merge_envelopes,
+    new_ledger,
+    read_ledger,
+)
+from .node import BRANCH_KEY, guarded
+from .owner import (
+    AbortRun,
+    AcceptPartial,
+    ContinueRun,
+    Decision,
+    Escalation,
+    best_partial,
+    outcome_of,
+    task_owner,
+)
+from .policy import Budget, EnvelopePolicy, GuardPolicy, HopCap, OwnerAction, OwnerPolicy
+from .route import guard_route, guard_sends, is_tripped
+
+__all__ = (
+    "BRANCH_KEY",
+    "DEFAULT_WINDOW",
+    "MAX_RECENT",
+    "MAX_TRIPS",
+    "AbortRun",
+    "AcceptPartial",
+    "Budget",
+    "ConfigurationError",
+    "ContinueRun",
+    "DeadlineExceeded",
+    "Decision",
+    "DurableCompiledGraph",
+    "Envelope",
+    "EnvelopePolicy",
+    "EnvelopeRecord",
+    "EnvelopeStatus",
+    "Escalation",
+    "GuardPolicy",
+    "GuardTripped",
+    "GuardedState",
+    "GuardedStateGraph",
+    "HopCap",
+    "HopCapExceeded",
+    "InvalidDecision",
+    "InvalidEnvelope",
+    "Ledger",
+    "OwnerAction",
+    "OwnerPolicy",
+    "RunStatus",
+    "SanegraphError",
+    "StepDelta",
+    "Trip",
+    "best_partial",
+    "check_deadline",
+    "check_envelope",
+    "check_hops",
+    "coerce_envelope",
+    "envelope_to_dict",
+    "fold_ledger",
+    "guard_route",
+    "guard_sends",
+    "guarded",
+    "is_tripped",
+    "make_trip",
+    "merge_envelopes",
+    "new_ledger",
+    "outcome_of",
+    "read_ledger",
+    "task_owner",
+)

@@ -1,0 +1,142 @@
+"""Pure guard checks over the ledger: each returns a trip record or None.
+
+These are the functions the node and edge adapters call; they do no I/O and never raise
+on a trip, so they can be tested with a hand-built ledger.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .envelope import Envelope
+from .ledger import Ledger, Trip
+from .policy import Budget, EnvelopePolicy, HopCap
+
+__all__ = ("check_deadline", "check_envelope", "check_hops", "make_trip")
+
+
+def make_trip(
+    kind: str,
+    message: str,
+    *,
+    limit: Any,
+    observed: Any,
+    agent: str | None,
+    hops: int,
+    scope: str = "thread",
+    node: str | None = None,
+) -> Trip:
+    """Build a trip record."""
+    return {
+        "kind": kind,
+        "message": message,
+        "limit": limit,
+        "observed": observed,
+        "agent": agent,
+        "node": node,
+        "scope": scope,
+        "hop": hops,
+    }
+
+
+def check_hops(ledger: Ledger, cap: HopCap, agent: str) -> Trip | None:
+    """Trip if the next step of ``agent`` would exceed the hop cap.
+
+    Global: ``hops + 1 > max_hops + grants["hops"]``. Per agent:
+    ``by_agent[agent] + 1 > per_agent[agent] + grants["hops:" + agent]``.
+    """
+    hops = ledger["hops"]
+    grants = ledger["grants"]
+    allowed = cap.max_hops + int(grants.get("hops", 0))
+    if hops + 1 > allowed:
+        return make_trip(
+            "hop_cap",
+            f"The next hop would exceed max_hops={allowed} (hops={hops}, agent={agent!r}). "
+            "Raise HopCap.max_hops, or route the trip to an owner that escalates so a "
+            "human can grant more hops.",
+            limit=allowed,
+            observed=hops + 1,
+            agent=agent,
+            hops=hops,
+        )
+    per_agent = cap.per_agent.get(agent)
+    if per_agent is not None:
+        used = ledger["by_agent"].get(agent, 0)
+        allowed = per_agent + int(grants.get(f"hops:{agent}", 0))
+        if used + 1 > allowed:
+            return make_trip(
+                "hop_cap",
+                f"The next hop of {agent!r} would exceed per_agent[{agent!r}]={allowed} "
+                f"(hops of {agent!r}={used}, total hops={hops}). Raise "
+                f"HopCap.per_agent[{agent!r}], or let a human grant more hops.",
+                limit=allowed,
+                observed=used + 1,
+                agent=agent,
+                hops=hops,
+                scope="agent",
+            )
+    return None
+
+
+def check_deadline(ledger: Ledger, budget: Budget | None, agent: str, now: float) -> Trip | None:
+    """Trip if the thread's wall-clock time is used up.
+
+    ``now - started_at > seconds + grants["seconds"]``; the clock starts at the first
+    guarded step and keeps running across pauses.
+    """
+    if budget is None or budget.seconds is None:
+        return None
+    started = ledger["started_at"]
+    if started is None:
+        return None
+    elapsed = now - started
+    allowed = budget.seconds + float(ledger["grants"].get("seconds", 0.0))
+    if elapsed > allowed:
+        return make_trip(
+            "deadline",
+            f"The thread would exceed Budget.seconds={allowed:g} (elapsed={elapsed:.1f}s, "
+            f"agent={agent!r}). Raise Budget.seconds, or let a human grant more time.",
+            limit=allowed,
+            observed=round(elapsed, 3),
+            agent=agent,
+            hops=ledger["hops"],
+        )
+    return None
+
+
+def check_envelope(
+    envelope: Envelope[Any],
+    error: str | None,
+    policy: EnvelopePolicy,
+    agent: str,
+    hops: int,
+) -> Trip | None:
+    """Trip on an invalid envelope, or on a confidence below ``min_confidence``."""
+    if error is not None:
+        return make_trip(
+            "invalid_envelope",
+            f"{agent!r} returned an invalid envelope: {error}. Return an Envelope, a dict "
+            "with status/result/confidence/reason, or an AIMessage carrying one as JSON "
+            "or as a tool call.",
+            limit="a valid Envelope",
+            observed=error,
+            agent=agent,
+            hops=hops,
+            scope="agent",
+        )
+    gate = policy.min_confidence
+    if gate is not None and envelope.status != "failed":
+        confidence = envelope.confidence
+        if confidence is None or confidence < gate:
+            return make_trip(
+                "low_confidence",
+                f"{agent!r} answered with confidence={confidence} below "
+                f"min_confidence={gate}. Lower EnvelopePolicy.min_confidence, or let a "
+                "human review the result.",
+                limit=gate,
+                observed=confidence,
+                agent=agent,
+                hops=hops,
+                scope="agent",
+            )
+    return None

@@ -1,0 +1,393 @@
+"""The ledger: guard state that lives in the graph, as one reducer channel.
+
+A guarded graph's state includes :class:`GuardedState`, whose ``guard`` channel holds the
+:class:`Ledger` of the thread: hops (total and per agent), the wall-clock start, a bounded
+window of step fingerprints, the last few envelopes, trips, the run status and the
+``last_sane`` checkpoint pointer.
+
+Nodes never write a whole ledger. They write a :class:`StepDelta` and :func:`fold_ledger`
+folds it in. LangGraph applies the writes of one superstep in task-path order, so parallel
+``Send`` branches lose nothing and the result does not depend on which branch finished
+first.
+
+The ledger is a plain ``dict`` (a ``TypedDict``) of JSON-like values on purpose: it can be
+built with no arguments (LangGraph calls the reducer only for such channel types), it
+round-trips through any checkpointer's msgpack serializer, strict or not, without an
+allow-list and without "unregistered type" warnings, and it is cheap to copy.
+
+Subgraphs whose state also includes ``GuardedState`` share the parent's ledger: the
+subgraph starts from the parent's ledger (remembering it as ``base``) and, when it returns
+its state, the parent folds in only what the subgraph added. Caps are therefore global
+across nesting and across parallel subgraphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypedDict
+
+__all__ = (
+    "DEFAULT_WINDOW",
+    "MAX_RECENT",
+    "MAX_TRIPS",
+    "EnvelopeRecord",
+    "GuardedState",
+    "Ledger",
+    "RunStatus",
+    "StepDelta",
+    "Trip",
+    "fold_ledger",
+    "merge_envelopes",
+    "new_ledger",
+    "read_ledger",
+)
+
+RunStatus = Literal["running", "tripped", "done", "aborted"]
+"""Where a guarded run stands.
+
+- ``"running"``: no unresolved trip.
+- ``"tripped"``: a guard tripped; the next edge routes to the task owner.
+- ``"done"``: the owner finished the run with the best partial result.
+- ``"aborted"``: the owner (or a human) aborted the run.
+"""
+
+DEFAULT_WINDOW = 32
+"""Default number of step fingerprints kept for loop detection."""
+
+MAX_RECENT = 8
+"""How many recent envelope records the ledger keeps (for the owner and escalations)."""
+
+MAX_TRIPS = 16
+"""How many trip records the ledger keeps; ``trip_count`` counts them all."""
+
+
+class Trip(TypedDict):
+    """One guard trip, as recorded in the ledger and shown to the owner."""
+
+    kind: str
+    """``"hop_cap"``, ``"deadline"``, ``"invalid_envelope"``, ``"low_confidence"``..."""
+    message: str
+    """Developer-facing message: what tripped, limit, observed value, where, remedy."""
+    limit: Any
+    """The maximum allowed."""
+    observed: Any
+    """The value that would have exceeded it."""
+    agent: str | None
+    """The agent whose step tripped."""
+    node: str | None
+    """The graph node whose step tripped (where the owner continues)."""
+    scope: str
+    """``"thread"`` or ``"agent"``."""
+    hop: int
+    """Total hops when it tripped."""
+
+
+class EnvelopeRecord(TypedDict):
+    """A compact record of one step's envelope, kept in ``Ledger.recent``."""
+
+    agent: str
+    key: str
+    hop: int
+    status: str
+    confidence: float | None
+    reason: str
+
+
+class Ledger(TypedDict, total=False):
+    """The guard state of one thread. Read it; never write it from a node.
+
+    Every key is always present once the first delta has been folded (see
+    :func:`new_ledger`); a fresh channel is the empty dict.
+    """
+
+    v: int
+    """Format version; its presence marks a whole ledger (as opposed to a delta)."""
+    hops: int
+    """Agent steps run so far, across subgraphs, fan-out and resumes."""
+    by_agent: dict[str, int]
+    """Agent steps per agent."""
+    started_at: float | None
+    """Wall-clock time (``time.time()``) of the first guarded step."""
+    latency: dict[str, float]
+    """Seconds spent inside each agent, summed."""
+    window: list[list[str]]
+    """The last ``window_size`` step fingerprints, oldest first, as ``[agent, digest]``."""
+    window_size: int
+    """How many fingerprints ``window`` keeps."""
+    recent: list[EnvelopeRecord]
+    """The last :data:`MAX_RECENT` envelope records, oldest first."""
+    trips: list[Trip]
+    """The last :data:`MAX_TRIPS` trips, oldest first."""
+    trip_count: int
+    """Every trip so far."""
+    status: RunStatus
+    """Where the run stands."""
+    step_sane: bool
+    """Whether every step of the newest superstep passed every guard."""
+    step_parent: str | None
+    """The checkpoint the newest superstep's steps ran from."""
+    last_sane: str | None
+    """Id of the newest checkpoint whose state passed every guard (rollback target)."""
+    grants: dict[str, float]
+    """Extra allowance granted by humans: ``{"hops": n, "seconds": s}``."""
+    outcome: dict[str, Any] | None
+    """The owner's final envelope (as a dict) once the run is done or aborted."""
+    rollbacks: int
+    """How many times this thread was rolled back."""
+    base: dict[str, Any] | None
+    """Inside a subgraph: the parent's counters at entry, to fold back only what was added."""
+
+
+class StepDelta(TypedDict, total=False):
+    """What one node writes to the ``guard`` channel. Every key is optional."""
+
+    agent: str
+    hop: int
+    latency: float
+    fp: str
+    record: EnvelopeRecord
+    sane: bool
+    parent: str | None
+    trip: Trip
+    now: float
+    last_sane: str
+    status: RunStatus
+    grant: dict[str, float]
+    outcome: dict[str, Any]
+    window_size: int
+    reset_window: bool
+
+
+def new_ledger() -> Ledger:
+    """Return a ledger with every key at its starting value."""
+    return {
+        "v": 1,
+        "hops": 0,
+        "by_agent": {},
+        "started_at": None,
+        "latency": {},
+        "window": [],
+        "window_size": DEFAULT_WINDOW,
+        "recent": [],
+        "trips": [],
+        "trip_count": 0,
+        "status": "running",
+        "step_sane": True,
+        "step_parent": None,
+        "last_sane": None,
+        "grants": {},
+        "outcome": None,
+        "rollbacks": 0,
+        "base": None,
+    }
+
+
+_EMPTY: Ledger = new_ledger()
+
+
+def read_ledger(state: Mapping[str, Any] | None) -> Ledger:
+    """Return the ledger in a state mapping (a fresh one if the run has not started).
+
+    The result is shared: treat it as read-only.
+    """
+    if not state:
+        return _EMPTY
+    ledger = state.get("guard")
+    if not ledger:
+        return _EMPTY
+    return ledger  # type: ignore[no-any-return]
+
+
+def _complete(ledger: Mapping[str, Any]) -> Ledger:
+    # A ledger written by an older version, or hand-built in a test, may lack keys.
+    if len(ledger) >= len(_EMPTY):
+        return dict(ledger)  # type: ignore[return-value]
+    full = new_ledger()
+    full.update(ledger)  # type: ignore[typeddict-item]
+    return full
+
+
+def _add_counts(into: dict[str, Any], more: Mapping[str, Any], less: Mapping[str, Any]) -> None:
+    for key, value in more.items():
+        diff = value - less.get(key, 0)
+        if diff:
+            into[key] = into.get(key, 0) + diff
+
+
+def _snapshot(ledger: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "hops": ledger["hops"],
+        "by_agent": dict(ledger["by_agent"]),
+        "latency": dict(ledger["latency"]),
+        "trip_count": ledger["trip_count"],
+        "grants": dict(ledger["grants"]),
+    }
+
+
+def _merge_child(current: Ledger, child: Mapping[str, Any]) -> Ledger:
+    """Fold back what a subgraph added to its copy of this ledger."""
+    base = child["base"]
+    out = _complete(current)
+    added_hops = child["hops"] - base["hops"]
+    out["hops"] = out["hops"] + added_hops
+    by_agent = dict(out["by_agent"])
+    _add_counts(by_agent, child["by_agent"], base["by_agent"])
+    out["by_agent"] = by_agent
+    latency = dict(out["latency"])
+    _add_counts(latency, child["latency"], base["latency"])
+    out["latency"] = latency
+    grants = dict(out["grants"])
+    _add_counts(grants, child.get("grants", {}), base.get("grants", {}))
+    out["grants"] = grants
+    if added_hops > 0:
+        size = out["window_size"]
+        out["window"] = (out["window"] + child["window"][-added_hops:])[-size:]
+        out["recent"] = (out["recent"] + child["recent"][-added_hops:])[-MAX_RECENT:]
+    new_trips = child["trip_count"] - base["trip_count"]
+    if new_trips > 0:
+        out["trips"] = (out["trips"] + child["trips"][-new_trips:])[-MAX_TRIPS:]
+        out["trip_count"] = out["trip_count"] + new_trips
+        out["step_sane"] = False
+    if child["status"] != "running" and out["status"] == "running":
+        out["status"] = child["status"]
+        if child.get("outcome") is not None:
+            out["outcome"] = child["outcome"]
+    if out["started_at"] is None:
+        out["started_at"] = child["started_at"]
+    return out
+
+
+def _fresh() -> Ledger:
+    # Every ledger carries a base, so a whole ledger without one is recognisably a
+    # hand-made replacement (update_state) rather than a subgraph handing one back.
+    ledger = new_ledger()
+    ledger["base"] = _snapshot(ledger)
+    return ledger
+
+
+def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
+    out = _complete(current) if current else _fresh()
+    agent = delta.get("agent")
+    parent = delta.get("parent")
+    if "sane" in delta:
+        # All steps of one superstep run from the same parent checkpoint: AND them.
+        if parent is not None and parent == out["step_parent"]:
+            out["step_sane"] = out["step_sane"] and delta["sane"]
+        else:
+            out["step_sane"] = delta["sane"]
+            out["step_parent"] = parent
+    if "last_sane" in delta:
+        out["last_sane"] = delta["last_sane"]
+    now = delta.get("now")
+    if now is not None and out["started_at"] is None:
+        out["started_at"] = now
+    if "window_size" in delta:
+        out["window_size"] = delta["window_size"]
+    if delta.get("reset_window"):
+        out["window"] = []
+    if delta.get("hop"):
+        out["hops"] = out["hops"] + delta["hop"]
+        if agent is not None:
+            by_agent = dict(out["by_agent"])
+            by_agent[agent] = by_agent.get(agent, 0) + delta["hop"]
+            out["by_agent"] = by_agent
+    if "latency" in delta and agent is not None:
+        latency = dict(out["latency"])
+        latency[agent] = latency.get(agent, 0.0) + delta["latency"]
+        out["latency"] = latency
+    if "fp" in delta and agent is not None:
+        window = out["window"]
+        size = out["window_size"]
+        if len(window) >= size:
+            window = window[len(window) - size + 1 :]
+        out["window"] = [*window, [agent, delta["fp"]]]
+    if "record" in delta:
+        recent = out["recent"]
+        if len(recent) >= MAX_RECENT:
+            recent = recent[len(recent) - MAX_RECENT + 1 :]
+        out["recent"] = [*recent, delta["record"]]
+    trip = delta.get("trip")
+    if trip is not None:
+        trips = out["trips"]
+        if len(trips) >= MAX_TRIPS:
+            trips = trips[len(trips) - MAX_TRIPS + 1 :]
+        out["trips"] = [*trips, trip]
+        out["trip_count"] = out["trip_count"] + 1
+        if out["status"] == "running":
+            out["status"] = "tripped"
+    if "grant" in delta:
+        grants = dict(out["grants"])
+        _add_counts(grants, delta["grant"], {})
+        out["grants"] = grants
+    if "status" in delta:
+        out["status"] = delta["status"]
+    if "outcome" in delta:
+        out["outcome"] = delta["outcome"]
+    return out
+
+
+def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
+    """The ``guard`` channel's reducer: fold one write into the ledger.
+
+    Accepts a :class:`StepDelta`, a list of deltas, or a whole :class:`Ledger`. A whole
+    ledger written into an empty channel is adopted and remembered as ``base`` (this is
+    how a subgraph receives its parent's ledger); a whole ledger that carries a ``base``
+    is a subgraph handing its ledger back, and only what it added since ``base`` is
+    folded in; a whole ledger without ``base`` replaces the current one. To replace a
+    ledger read from state, write ``langgraph.types.Overwrite(ledger)``.
+
+    Args:
+        current: The channel's value (``{}`` before the first write).
+        update: The write.
+
+    Returns:
+        A new ledger; ``current`` is never mutated.
+    """
+    if not update:
+        # A subgraph entered with its parent's still-empty ledger starts a fresh one.
+        return current if current else _fresh()
+    if isinstance(update, list):
+        out: Ledger = current if current is not None else {}
+        for item in update:
+            out = fold_ledger(out, item)
+        return out
+    if "v" in update:
+        if not current:
+            # Entering a subgraph: take the parent's ledger and remember it as the base.
+            adopted = _complete(update)
+            adopted["base"] = _snapshot(adopted)
+            return adopted
+        if update.get("base"):
+            return _merge_child(current, update)
+        return _complete(update)
+    return _apply(current or {}, update)
+
+
+def merge_envelopes(
+    current: dict[str, dict[str, Any]] | None, update: Mapping[str, dict[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """The ``envelopes`` channel's reducer: the newest envelope per agent or branch key."""
+    if not update:
+        return current if current is not None else {}
+    if not current:
+        return dict(update)
+    return {**current, **update}
+
+
+class GuardedState(TypedDict, total=False):
+    """Mixin for a graph's state: add it to your ``TypedDict`` to guard the graph.
+
+    Example:
+        ```python
+        from langgraph.graph import MessagesState
+        from sanegraph.guards import GuardedState
+
+        class State(MessagesState, GuardedState):
+            topic: str
+        ```
+    """
+
+    guard: Annotated[Ledger, fold_ledger]
+    """The ledger (see :class:`Ledger`), folded from per-step deltas."""
+    envelopes: Annotated[dict[str, dict[str, Any]], merge_envelopes]
+    """The newest envelope of each agent (or parallel branch), as a JSON-ready dict."""

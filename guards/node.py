@@ -1,0 +1,299 @@
+"""``guarded``: wrap an agent into a LangGraph node that checks caps before it runs and
+records what it did after.
+
+The wrapper adds no node and no superstep: the checks run inside the agent's own node.
+A trip never raises out of the node; it is written to the ledger and the next edge
+(:func:`~sanegraph.guards.guard_route`) routes the run to the task owner.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command
+
+from ._fingerprint import digest
+from .checks import check_deadline, check_envelope, check_hops
+from .envelope import Envelope, coerce_envelope, envelope_to_dict
+from .errors import ConfigurationError, GuardTripped
+from .ledger import EnvelopeRecord, Ledger, StepDelta, fold_ledger, read_ledger
+from .policy import GuardPolicy
+
+__all__ = ("BRANCH_KEY", "guarded")
+
+BRANCH_KEY = "sanegraph_branch"
+"""Key of a ``Send`` payload naming its branch; envelopes are stored under it."""
+
+_ENVELOPE_KEYS = frozenset(("status", "result", "confidence", "reason"))
+_MISSING: Any = object()
+_NO_ENVELOPE = (
+    "the agent returned a state update with no envelope; add it under 'envelope', or put "
+    "an AIMessage carrying it last in 'messages'"
+)
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _split(output: Any) -> tuple[Any, dict[str, Any], Command[Any] | None]:
+    """Separate an agent's output into (envelope source, state update, command)."""
+    if isinstance(output, Command):
+        update = output.update
+        if isinstance(update, Mapping):
+            source, rest, _ = _split(dict(update))
+        else:
+            source, rest = _MISSING, {}
+        return source, rest, output
+    if isinstance(output, dict):
+        if "status" in output and output.keys() <= _ENVELOPE_KEYS:
+            return output, {}, None
+        if "parsed" in output and "raw" in output:
+            return output, {}, None
+        update = dict(output)
+        if "envelope" in update:
+            return update.pop("envelope"), update, None
+        messages = update.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[-1], AIMessage):
+            return messages[-1], update, None
+        if isinstance(messages, AIMessage):
+            return messages, update, None
+        return _MISSING, update, None
+    return output, {}, None
+
+
+class _Guard:
+    """The shared before/after logic of a guarded node (sync and async shells below)."""
+
+    __slots__ = ("call", "name", "policy", "result_type")
+
+    def __init__(self, policy: GuardPolicy, name: str | None, result_type: Any, call: Any) -> None:
+        self.policy = policy
+        self.name = name
+        self.result_type = result_type
+        self.call = call
+
+    def before(
+        self, state: Mapping[str, Any], config: RunnableConfig, runtime: Any
+    ) -> tuple[Ledger, str, StepDelta, bool]:
+        ledger = read_ledger(state)
+        agent = self.name or config["metadata"]["langgraph_node"]
+        status = ledger["status"]
+        if status != "running":
+            self._unrouted(ledger, agent)
+        info = getattr(runtime, "execution_info", None)
+        parent: str | None = info.checkpoint_id if info is not None else None
+        now = time.time()
+        delta: StepDelta = {"agent": agent, "now": now, "parent": parent}
+        # The parent checkpoint holds the state the last (sane) superstep produced. A
+        # task's namespace is "node:task_id"; a "|" means it runs in a subgraph, whose
+        # checkpoints are not the thread's rollback targets.
+        nested = info is None or "|" in info.checkpoint_ns
+        if parent and not nested and ledger["step_sane"] and ledger["hops"]:
+            delta["last_sane"] = parent
+        policy = self.policy
+        trip = check_hops(ledger, policy.hops, agent) or check_deadline(
+            ledger, policy.budget, agent, now
+        )
+        if trip is not None:
+            trip["node"] = config["metadata"].get("langgraph_node")
+            delta["trip"] = trip
+            delta["sane"] = False
+            return ledger, agent, delta, False
+        return ledger, agent, delta, True
+
+    def _unrouted(self, ledger: Ledger, agent: str) -> None:
+        if ledger["status"] == "tripped" and ledger["trips"]:
+            trip = dict(ledger["trips"][-1])
+            trip["message"] = (
+                f"{trip['message']} The trip was not routed to the task owner, so "
+                f"{agent!r} ran after it: use guard_route(...) on the edges out of guarded "
+                "nodes."
+            )
+            raise GuardTripped.from_trip(trip)
+        raise ConfigurationError(
+            f"Guarded node {agent!r} ran after the run was {ledger['status']} by its owner. "
+            "Route the task owner to END (task_owner(...) returns Command(goto=END))."
+        )
+
+    def after(
+        self,
+        state: Mapping[str, Any],
+        config: RunnableConfig,
+        ledger: Ledger,
+        agent: str,
+        delta: StepDelta,
+        output: Any,
+        latency: float,
+    ) -> Any:
+        source, update, command = _split(output)
+        if source is _MISSING:
+            error: str | None = _NO_ENVELOPE
+            envelope: Envelope[Any] = Envelope(status="failed", reason=f"invalid envelope: {error}")
+        else:
+            envelope, error = coerce_envelope(source, self.result_type)
+        hop = ledger["hops"] + 1
+        trip = check_envelope(envelope, error, self.policy.envelopes, agent, hop)
+        as_dict = envelope_to_dict(envelope)
+        key = state.get(BRANCH_KEY) or agent
+        record: EnvelopeRecord = {
+            "agent": agent,
+            "key": key,
+            "hop": hop,
+            "status": envelope.status,
+            "confidence": envelope.confidence,
+            "reason": envelope.reason[:200],
+        }
+        delta["hop"] = 1
+        delta["latency"] = latency
+        delta["fp"] = digest(as_dict)
+        delta["record"] = record
+        delta["sane"] = trip is None and envelope.status != "failed"
+        if trip is not None:
+            trip["node"] = config["metadata"].get("langgraph_node")
+            delta["trip"] = trip
+        return self._write(update, delta, {key: as_dict}, command)
+
+    def refused(self, delta: StepDelta) -> dict[str, Any]:
+        return {"guard": delta}
+
+    def _write(
+        self,
+        update: dict[str, Any],
+        delta: StepDelta,
+        envelopes: dict[str, Any],
+        command: Command[Any] | None,
+    ) -> Any:
+        child = update.get("guard")
+        if isinstance(child, dict) and "v" in child:
+            # The agent is a guarded subgraph that handed back its ledger: add this step
+            # to it and let the channel's reducer fold back what the subgraph added.
+            update["guard"] = fold_ledger(child, delta)  # type: ignore[arg-type]
+        else:
+            update["guard"] = delta
+        inner = update.get("envelopes")
+        update["envelopes"] = {**inner, **envelopes} if isinstance(inner, dict) else envelopes
+        if command is None:
+            return update
+        goto = command.goto
+        if "trip" in delta and goto:
+            goto = self.policy.owner_node
+        return Command(graph=command.graph, update=update, resume=command.resume, goto=goto)
+
+
+def _caller(agent: Any, *, is_async: bool) -> Callable[[Any, RunnableConfig, Any], Any]:
+    """Adapt an agent (function taking state, maybe config/runtime, or a Runnable)."""
+    if not inspect.isfunction(agent) and not inspect.ismethod(agent):
+        method = "ainvoke" if is_async else "invoke"
+        if hasattr(agent, method) and not callable(getattr(agent, "__wrapped__", None)):
+            bound = getattr(agent, method)
+            return lambda state, config, runtime: bound(state, config)
+    wants_config = _accepts(agent, "config")
+    wants_runtime = _accepts(agent, "runtime")
+    if wants_config and wants_runtime:
+        return lambda state, config, runtime: agent(state, config=config, runtime=runtime)
+    if wants_config:
+        return lambda state, config, runtime: agent(state, config=config)
+    if wants_runtime:
+        return lambda state, config, runtime: agent(state, runtime=runtime)
+    return lambda state, config, runtime: agent(state)
+
+
+def _is_async(agent: Any) -> bool:
+    if inspect.iscoroutinefunction(agent):
+        return True
+    call = getattr(agent, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(call)
+
+
+def guarded(
+    agent: Callable[..., Any],
+    policy: GuardPolicy | None = None,
+    *,
+    name: str | None = None,
+    result_type: Any = Any,
+) -> Callable[..., Any]:
+    """Wrap an agent into a guarded LangGraph node.
+
+    Before the agent runs, the node checks the hop cap and the deadline; if the step
+    would exceed either, the agent does not run and the trip is recorded. After it runs,
+    its output is coerced to an :class:`~sanegraph.guards.Envelope` (validated against
+    ``result_type``), and the hop, latency, fingerprint and envelope status are written
+    to the ledger as one delta. The envelope is stored in ``state["envelopes"]`` under
+    the agent's name (or the branch key of a ``Send``).
+
+    The agent may be sync or async, take ``state`` and optionally ``config`` and
+    ``runtime``, or be a Runnable (a compiled subgraph, a chain). It may return an
+    ``Envelope``, an envelope dict, an ``AIMessage`` carrying one (JSON content or a
+    tool call), a pydantic model (structured output: a success envelope), a state
+    update with the envelope under ``"envelope"`` or an ``AIMessage`` last in
+    ``"messages"``, or a ``Command`` wrapping such an update.
+
+    Args:
+        agent: The agent callable or Runnable.
+        policy: The graph's guard policy; defaults to ``GuardPolicy()``.
+        name: The agent name in the ledger; defaults to the node's name.
+        result_type: The type of ``Envelope.result`` (e.g. a pydantic model).
+
+    Returns:
+        A node function for ``StateGraph.add_node`` (async if the agent is).
+
+    Example:
+        ```python
+        builder.add_node("analyst", guarded(analyst, policy))
+        ```
+    """
+    if not callable(agent) and not hasattr(agent, "invoke"):
+        raise ConfigurationError(
+            f"guarded() needs a callable or a Runnable agent, got {type(agent).__name__}."
+        )
+    pol = GuardPolicy.coerce(policy)
+    is_async = _is_async(agent) or (
+        not inspect.isfunction(agent) and hasattr(agent, "ainvoke") and not callable(agent)
+    )
+    guard = _Guard(pol, name, result_type, _caller(agent, is_async=is_async))
+    perf = time.perf_counter
+
+    if is_async:
+
+        async def anode(state: Any, config: RunnableConfig, runtime: Any) -> Any:
+            ledger, agent_name, delta, go = guard.before(state, config, runtime)
+            if not go:
+                return guard.refused(delta)
+            start = perf()
+            output = await guard.call(state, config, runtime)
+            return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+
+        node: Callable[..., Any] = anode
+    else:
+
+        def snode(state: Any, config: RunnableConfig, runtime: Any) -> Any:
+            ledger, agent_name, delta, go = guard.before(state, config, runtime)
+            if not go:
+                return guard.refused(delta)
+            start = perf()
+            output = guard.call(state, config, runtime)
+            if inspect.isawaitable(output):
+                raise ConfigurationError(
+                    f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
+                    "with `async def` so guarded() builds an async node."
+                )
+            return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+
+        node = snode
+    label = name or getattr(agent, "__name__", None) or getattr(agent, "name", None)
+    if isinstance(label, str) and label.isidentifier():
+        node.__name__ = label
+        node.__qualname__ = label
+    node.__doc__ = f"Guarded node wrapping {label or type(agent).__name__}."
+    node.sanegraph_policy = pol  # type: ignore[attr-defined]
+    return node

@@ -1,0 +1,289 @@
+"""The task owner: the node every trip is routed to.
+
+By policy it finishes the run with the best partial result, aborts it, raises, or
+escalates to a human with ``interrupt()`` and a typed :class:`Escalation` payload. The
+human answers with ``Command(resume=decision)``: continue with a raised allowance, accept
+the partial result, or abort. A decision that does not fit raises
+:class:`~sanegraph.guards.InvalidDecision`; the run stays paused and can be answered again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from langgraph.graph import END
+from langgraph.types import Command, interrupt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigurationError, GuardTripped, InvalidDecision
+from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, read_ledger
+from .policy import GuardPolicy
+
+__all__ = (
+    "AbortRun",
+    "AcceptPartial",
+    "ContinueRun",
+    "Decision",
+    "Escalation",
+    "best_partial",
+    "outcome_of",
+    "task_owner",
+)
+
+
+class ContinueRun(BaseModel):
+    """Human decision: continue the run, granting more allowance.
+
+    Example:
+        ```python
+        graph.invoke(Command(resume={"action": "continue", "extra_hops": 5}), config)
+        ```
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["continue"] = "continue"
+    extra_hops: int = Field(default=0, ge=0)
+    """Hops added to the cap that tripped (global, or the agent's own)."""
+    extra_seconds: float = Field(default=0.0, ge=0)
+    """Seconds added to ``Budget.seconds``."""
+    note: str = ""
+    """Why; kept in the ledger's outcome trail."""
+
+
+class AcceptPartial(BaseModel):
+    """Human decision: finish the run with the best partial result."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["accept_partial"] = "accept_partial"
+    note: str = ""
+
+
+class AbortRun(BaseModel):
+    """Human decision: abort the run."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["abort"] = "abort"
+    reason: str = ""
+
+
+Decision = Annotated[ContinueRun | AcceptPartial | AbortRun, Field(discriminator="action")]
+"""A human's answer to an :class:`Escalation`, discriminated by ``action``."""
+
+
+class Escalation(BaseModel):
+    """What the owner shows a human when it escalates a trip (the ``interrupt`` value).
+
+    Read it back with ``Escalation.model_validate(snapshot.interrupts[0].value)``.
+    """
+
+    kind: str
+    """The trip kind (``"hop_cap"``, ``"deadline"``, ``"invalid_envelope"``...)."""
+    message: str
+    """What tripped, the limit, the observed value, where, and the remedy."""
+    agent: str | None
+    limit: Any
+    observed: Any
+    hops: int
+    """Agent steps so far."""
+    by_agent: dict[str, int]
+    elapsed_seconds: float | None
+    recent: list[dict[str, Any]]
+    """The last envelope records (agent, status, confidence, reason), oldest first."""
+    options: list[str]
+    """Accepted decisions, as ``Command(resume=...)`` values."""
+
+
+def best_partial(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The newest envelope that is not ``failed``, as ``(key, envelope dict)``."""
+    ledger = read_ledger(state)
+    envelopes = state.get("envelopes") or {}
+    for record in reversed(ledger["recent"]):
+        env = envelopes.get(record["key"])
+        if env is not None and env.get("status") != "failed":
+            return record["key"], env
+    for key, env in reversed(list(envelopes.items())):
+        if env.get("status") != "failed":
+            return key, env
+    return None
+
+
+def outcome_of(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The owner's final envelope (a dict), or None if no owner finished the run."""
+    return read_ledger(state)["outcome"]
+
+
+def _options(trip: Trip) -> list[str]:
+    cont = {"hop_cap": "{'action': 'continue', 'extra_hops': N}"}.get(
+        trip["kind"],
+        "{'action': 'continue', 'extra_seconds': S}"
+        if trip["kind"] == "deadline"
+        else "{'action': 'continue'}",
+    )
+    return [cont, "{'action': 'accept_partial'}", "{'action': 'abort', 'reason': '...'}"]
+
+
+def _escalation(ledger: Ledger, trip: Trip, now: float) -> Escalation:
+    started = ledger["started_at"]
+    recent: list[EnvelopeRecord] = ledger["recent"]
+    return Escalation(
+        kind=trip["kind"],
+        message=trip["message"],
+        agent=trip["agent"],
+        limit=trip["limit"],
+        observed=trip["observed"],
+        hops=ledger["hops"],
+        by_agent=dict(ledger["by_agent"]),
+        elapsed_seconds=None if started is None else round(now - started, 3),
+        recent=[dict(r) for r in recent],
+        options=_options(trip),
+    )
+
+
+class _ContinueHops(ContinueRun):
+    extra_hops: int = Field(ge=1)
+
+
+class _ContinueTime(ContinueRun):
+    extra_seconds: float = Field(gt=0)
+
+
+def _schema(kind: str) -> Any:
+    """The resume schema for a trip kind: ``continue`` must grant what ran out."""
+    by_kind: dict[str, type[ContinueRun]] = {"hop_cap": _ContinueHops, "deadline": _ContinueTime}
+    cont = by_kind.get(kind, ContinueRun)
+    return Annotated[cont | AcceptPartial | AbortRun, Field(discriminator="action")]
+
+
+_SCHEMAS: dict[str, Any] = {}
+
+
+def _ask(payload: Escalation, trip: Trip) -> ContinueRun | AcceptPartial | AbortRun:
+    """Pause for a human decision, validated inside ``interrupt`` so that an invalid one
+    is never recorded and the same interrupt can be answered again."""
+    kind = trip["kind"]
+    schema = _SCHEMAS.get(kind)
+    if schema is None:
+        schema = _SCHEMAS[kind] = _schema(kind)
+    try:
+        return interrupt(payload.model_dump(mode="json"), response_schema=schema)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'action'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise InvalidDecision(
+            f"Invalid decision for the {kind!r} escalation ({problems}). Resume with "
+            f"Command(resume=...) using one of: {' or '.join(_options(trip))}. The run "
+            "is still paused."
+        ) from exc
+
+
+def task_owner(
+    policy: GuardPolicy | None = None,
+    *,
+    resume_to: str | Callable[[Any], str] | None = None,
+) -> Callable[..., Command[Any]]:
+    """Build the task-owner node that receives every trip.
+
+    Add it to the graph under ``policy.owner_node`` (default ``"owner"``) and route trips
+    to it with :func:`guard_route`. What it does with a trip is ``policy.owner``:
+
+    - ``"partial"``: the run ends ``done``, with the best partial result as its outcome.
+    - ``"abort"``: the run ends ``aborted``.
+    - ``"raise"``: the trip is raised from ``invoke`` as a ``GuardTripped`` subclass.
+    - ``"escalate"``: the run pauses with an :class:`Escalation`; resume it with
+      ``Command(resume=decision)`` (see :data:`Decision`). ``continue`` grants the extra
+      allowance and goes back to the tripped node (or ``resume_to``).
+
+    Args:
+        policy: The graph's guard policy.
+        resume_to: Where ``continue`` goes: a node name, or ``(state) -> name``. Default:
+            the node whose step tripped.
+
+    Returns:
+        A node function returning ``Command`` (add it with ``destinations=`` to draw its
+        edges; :func:`~sanegraph.graphs.add_task_owner` does that).
+
+    Example:
+        ```python
+        builder.add_node("owner", task_owner(policy), destinations=("analyst", END))
+        ```
+    """
+    pol = GuardPolicy.coerce(policy)
+
+    def owner(state: Any) -> Command[Any]:
+        ledger = read_ledger(state)
+        if not ledger["trips"]:
+            raise ConfigurationError(
+                "The task owner ran but nothing tripped. Route to it only with "
+                "guard_route(...), which goes to the owner when the ledger is tripped."
+            )
+        trip = ledger["trips"][-1]
+        action = pol.owner.action_for(trip["kind"])
+        if action == "raise":
+            raise GuardTripped.from_trip(trip)
+        if action == "escalate":
+            decision = _ask(_escalation(ledger, trip, time.time()), trip)
+            if isinstance(decision, ContinueRun):
+                return _continue(state, trip, decision, resume_to)
+            if isinstance(decision, AbortRun):
+                return _finish(state, trip, "aborted", f"aborted by a human: {decision.reason}")
+            return _finish(state, trip, "done", f"partial result accepted: {decision.note}")
+        if action == "abort":
+            return _finish(state, trip, "aborted", "aborted by policy")
+        return _finish(state, trip, "done", "best partial result kept")
+
+    owner.__name__ = pol.owner_node if pol.owner_node.isidentifier() else "owner"
+    return owner
+
+
+def _continue(
+    state: Any,
+    trip: Trip,
+    decision: ContinueRun,
+    resume_to: str | Callable[[Any], str] | None,
+) -> Command[Any]:
+    grant: dict[str, float] = {}
+    if decision.extra_hops:
+        key = "hops" if trip["scope"] != "agent" else f"hops:{trip['agent']}"
+        grant[key] = decision.extra_hops
+    if decision.extra_seconds:
+        grant["seconds"] = decision.extra_seconds
+    delta: StepDelta = {"status": "running", "grant": grant}
+    if resume_to is None:
+        target = trip.get("node") or trip["agent"]
+    elif isinstance(resume_to, str):
+        target = resume_to
+    else:
+        target = resume_to(state)
+    if not target:
+        raise ConfigurationError(
+            "The owner cannot tell where to continue: pass task_owner(resume_to=...)."
+        )
+    return Command(goto=target, update={"guard": delta})
+
+
+def _finish(state: Any, trip: Trip, status: Literal["done", "aborted"], why: str) -> Command[Any]:
+    best = best_partial(state)
+    reason = f"{trip['kind']}: {trip['message']} ({why})"
+    if best is None:
+        outcome: dict[str, Any] = {
+            "status": "failed",
+            "result": None,
+            "confidence": None,
+            "reason": reason,
+            "source": None,
+        }
+    else:
+        key, env = best
+        outcome = {
+            "status": "partial" if status == "done" else "failed",
+            "result": env.get("result"),
+            "confidence": env.get("confidence"),
+            "reason": reason,
+            "source": key,
+        }
+    delta: StepDelta = {"status": status, "outcome": outcome}
+    return Command(goto=END, update={"guard": delta})

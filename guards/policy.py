@@ -1,0 +1,258 @@
+"""Guard policies: what is allowed. What happened lives in the ledger.
+
+Every policy is a frozen, keyword-only dataclass validated on construction, with a
+``coerce()`` classmethod for shorthand, so ``GuardPolicy(hops=12)`` and
+``GuardPolicy(hops=HopCap(max_hops=12))`` mean the same.
+
+"Limit" always means the maximum allowed, checked *before* the action as
+"would exceed": ``used + next > limit``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+
+__all__ = (
+    "Budget",
+    "EnvelopePolicy",
+    "GuardPolicy",
+    "HopCap",
+    "OwnerAction",
+    "OwnerPolicy",
+)
+
+OwnerAction = Literal["partial", "abort", "escalate", "raise"]
+"""What the task owner does with a trip.
+
+- ``"partial"``: finish the run with the best partial result (the newest usable envelope).
+- ``"abort"``: finish the run as failed, keeping what was done.
+- ``"escalate"``: pause the run with ``interrupt()`` and a typed payload; a human resumes
+  it with ``Command(resume=decision)``.
+- ``"raise"``: raise the trip as a :class:`~sanegraph.guards.GuardTripped` subclass out of
+  ``invoke``; the checkpoint before the owner is kept.
+"""
+
+_OWNER_ACTIONS = ("partial", "abort", "escalate", "raise")
+
+
+def _positive_int(name: str, value: Any, remedy: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1, got {value!r}. {remedy}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HopCap:
+    """A cap on agent steps for the whole thread, across subgraphs, fan-out and resumes.
+
+    Check: the next step trips when ``hops + 1 > max_hops`` (plus any hops a human
+    granted), or when ``by_agent[agent] + 1 > per_agent[agent]``. The step does not run.
+
+    Example:
+        ```python
+        HopCap(max_hops=20, per_agent={"researcher": 5})
+        ```
+    """
+
+    max_hops: int = 12
+    """Maximum agent steps in the thread."""
+    per_agent: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Maximum steps for individual agents, by agent name."""
+
+    def __post_init__(self) -> None:
+        _positive_int("HopCap.max_hops", self.max_hops, "Pass e.g. HopCap(max_hops=12).")
+        if not isinstance(self.per_agent, Mapping):
+            raise ConfigurationError(
+                f"HopCap.per_agent must map agent names to caps, got {self.per_agent!r}. "
+                "Pass e.g. per_agent={'researcher': 5}."
+            )
+        for agent, cap in self.per_agent.items():
+            _positive_int(
+                f"HopCap.per_agent[{agent!r}]", cap, "Give each agent a cap of at least 1."
+            )
+        object.__setattr__(self, "per_agent", MappingProxyType(dict(self.per_agent)))
+
+    @classmethod
+    def coerce(cls, value: HopCap | int | None) -> HopCap:
+        """Build a ``HopCap`` from an instance, a ``max_hops`` int, or None (default)."""
+        if value is None:
+            return cls()
+        if isinstance(value, HopCap):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(max_hops=value)
+        raise ConfigurationError(
+            f"hops must be a HopCap or an int, got {type(value).__name__}. "
+            "Pass e.g. hops=12 or hops=HopCap(max_hops=12)."
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Budget:
+    """What a thread may spend. This release enforces wall-clock time.
+
+    Check: a step trips when ``now - started_at > seconds`` (plus any seconds a human
+    granted), where ``started_at`` is the first guarded step of the thread. The clock
+    runs across pauses and resumes: it is a deadline for the whole thread.
+
+    Example:
+        ```python
+        Budget(seconds=600)
+        ```
+    """
+
+    seconds: float | None = None
+    """Wall-clock seconds the thread may run, from its first guarded step."""
+
+    def __post_init__(self) -> None:
+        if self.seconds is not None and (
+            isinstance(self.seconds, bool)
+            or not isinstance(self.seconds, (int, float))
+            or not math.isfinite(self.seconds)
+            or self.seconds <= 0
+        ):
+            raise ConfigurationError(
+                f"Budget.seconds must be a positive number, got {self.seconds!r}. "
+                "Pass e.g. Budget(seconds=600), or None for no deadline."
+            )
+
+    @classmethod
+    def coerce(cls, value: Budget | float | None) -> Budget | None:
+        """Build a ``Budget`` from an instance, a number of seconds, or None (no budget)."""
+        if value is None or isinstance(value, Budget):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls(seconds=float(value))
+        raise ConfigurationError(
+            f"budget must be a Budget or a number of seconds, got {type(value).__name__}. "
+            "Pass e.g. budget=Budget(seconds=600)."
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvelopePolicy:
+    """How worker outputs are checked.
+
+    Every output is coerced to an :class:`~sanegraph.guards.Envelope`; one that cannot be
+    becomes a ``failed`` envelope and an ``invalid_envelope`` trip. With
+    ``min_confidence`` set, a ``success`` or ``partial`` envelope whose confidence is
+    below it (or missing) trips ``low_confidence``: a worker proposes, the owner decides.
+    """
+
+    min_confidence: float | None = None
+    """Confidence gate: trip when ``confidence < min_confidence``. None: gate off."""
+
+    def __post_init__(self) -> None:
+        if self.min_confidence is not None and not (0 <= self.min_confidence <= 1):
+            raise ConfigurationError(
+                f"EnvelopePolicy.min_confidence must be in [0, 1], got "
+                f"{self.min_confidence!r}. Pass e.g. 0.7, or None to turn the gate off."
+            )
+
+    @classmethod
+    def coerce(cls, value: EnvelopePolicy | None) -> EnvelopePolicy:
+        """Build an ``EnvelopePolicy`` from an instance or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, EnvelopePolicy):
+            return value
+        raise ConfigurationError(
+            f"envelopes must be an EnvelopePolicy, got {type(value).__name__}."
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnerPolicy:
+    """What the task owner does with each kind of trip.
+
+    Example:
+        ```python
+        OwnerPolicy(on_trip="partial", by_kind={"deadline": "escalate"})
+        ```
+    """
+
+    on_trip: OwnerAction = "partial"
+    """The action for trips not named in ``by_kind``."""
+    by_kind: Mapping[str, OwnerAction] = field(default_factory=lambda: MappingProxyType({}))
+    """Actions by trip kind (``"hop_cap"``, ``"deadline"``, ``"invalid_envelope"``...)."""
+
+    def __post_init__(self) -> None:
+        for where, action in [("on_trip", self.on_trip), *self.by_kind.items()]:
+            if action not in _OWNER_ACTIONS:
+                raise ConfigurationError(
+                    f"OwnerPolicy {where!s} must be one of {', '.join(_OWNER_ACTIONS)}; "
+                    f"got {action!r}."
+                )
+        object.__setattr__(self, "by_kind", MappingProxyType(dict(self.by_kind)))
+
+    def action_for(self, kind: str) -> OwnerAction:
+        """The action for a trip of ``kind``."""
+        return self.by_kind.get(kind, self.on_trip)
+
+    @classmethod
+    def coerce(cls, value: OwnerPolicy | OwnerAction | None) -> OwnerPolicy:
+        """Build an ``OwnerPolicy`` from an instance, an action name, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, OwnerPolicy):
+            return value
+        if isinstance(value, str):
+            return cls(on_trip=value)  # type: ignore[arg-type]
+        raise ConfigurationError(
+            f"owner must be an OwnerPolicy or one of {', '.join(_OWNER_ACTIONS)}, "
+            f"got {type(value).__name__}."
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardPolicy:
+    """Every guard of a graph in one object; pass it to ``guarded``, ``task_owner`` and the
+    prebuilt graphs.
+
+    Example:
+        ```python
+        policy = GuardPolicy(hops=12, budget=Budget(seconds=600), owner="escalate")
+        ```
+    """
+
+    hops: HopCap = field(default_factory=HopCap)
+    """The hop cap (an int is shorthand for ``HopCap(max_hops=...)``)."""
+    budget: Budget | None = None
+    """What the thread may spend; None: no budget."""
+    envelopes: EnvelopePolicy = field(default_factory=EnvelopePolicy)
+    """How outputs are checked."""
+    owner: OwnerPolicy = field(default_factory=OwnerPolicy)
+    """What the task owner does with trips (an action name is shorthand)."""
+    owner_node: str = "owner"
+    """Name of the task-owner node that trips are routed to."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hops", HopCap.coerce(self.hops))
+        object.__setattr__(self, "budget", Budget.coerce(self.budget))
+        object.__setattr__(self, "envelopes", EnvelopePolicy.coerce(self.envelopes))
+        object.__setattr__(self, "owner", OwnerPolicy.coerce(self.owner))
+        if not isinstance(self.owner_node, str) or not self.owner_node:
+            raise ConfigurationError(
+                f"GuardPolicy.owner_node must be a node name, got {self.owner_node!r}."
+            )
+
+    @classmethod
+    def coerce(cls, value: GuardPolicy | None) -> GuardPolicy:
+        """Build a ``GuardPolicy`` from an instance or None (every default)."""
+        if value is None:
+            return _DEFAULT
+        if isinstance(value, GuardPolicy):
+            return value
+        raise ConfigurationError(
+            f"policy must be a GuardPolicy, got {type(value).__name__}. "
+            "Pass e.g. policy=GuardPolicy(hops=12)."
+        )
+
+
+_DEFAULT = GuardPolicy()
