@@ -16,6 +16,7 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
+from pydantic_core import PydanticSerializationError
 
 from ._fingerprint import digest
 from .checks import check_deadline, check_envelope, check_hops
@@ -141,9 +142,15 @@ class _Guard:
             envelope: Envelope[Any] = Envelope(status="failed", reason=f"invalid envelope: {error}")
         else:
             envelope, error = coerce_envelope(source, self.result_type)
+        try:
+            as_dict = envelope_to_dict(envelope)
+        except PydanticSerializationError as exc:
+            # State must survive any checkpointer: a result with no JSON form is unusable.
+            error = f"result has no JSON form ({exc})"
+            envelope = Envelope(status="failed", reason=f"invalid envelope: {error}")
+            as_dict = envelope_to_dict(envelope)
         hop = ledger["hops"] + 1
         trip = check_envelope(envelope, error, self.policy.envelopes, agent, hop)
-        as_dict = envelope_to_dict(envelope)
         key = state.get(BRANCH_KEY) or agent
         record: EnvelopeRecord = {
             "agent": agent,
