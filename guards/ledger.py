@@ -23,7 +23,7 @@ across nesting and across parallel subgraphs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypedDict
 
 __all__ = (
@@ -108,8 +108,8 @@ class Ledger(TypedDict, total=False):
     """Agent steps per agent."""
     started_at: float | None
     """Wall-clock time (``time.time()``) of the first guarded step."""
-    latency: dict[str, float]
-    """Seconds spent inside each agent, summed."""
+    latency_us: dict[str, int]
+    """Microseconds spent inside each agent, summed."""
     window: list[list[str]]
     """The last ``window_size`` step fingerprints, oldest first, as ``[agent, digest]``."""
     window_size: int
@@ -126,6 +126,8 @@ class Ledger(TypedDict, total=False):
     """Whether every step of the newest superstep passed every guard."""
     step_parent: str | None
     """The checkpoint the newest superstep's steps ran from."""
+    step_group: list[int]
+    """How many window, recent and trip entries the newest superstep added."""
     last_sane: str | None
     """Id of the newest checkpoint whose state passed every guard (rollback target)."""
     grants: dict[str, float]
@@ -165,7 +167,7 @@ def new_ledger() -> Ledger:
         "hops": 0,
         "by_agent": {},
         "started_at": None,
-        "latency": {},
+        "latency_us": {},
         "window": [],
         "window_size": DEFAULT_WINDOW,
         "recent": [],
@@ -174,6 +176,7 @@ def new_ledger() -> Ledger:
         "status": "running",
         "step_sane": True,
         "step_parent": None,
+        "step_group": [0, 0, 0],
         "last_sane": None,
         "grants": {},
         "outcome": None,
@@ -218,7 +221,7 @@ def _snapshot(ledger: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "hops": ledger["hops"],
         "by_agent": dict(ledger["by_agent"]),
-        "latency": dict(ledger["latency"]),
+        "latency_us": dict(ledger["latency_us"]),
         "trip_count": ledger["trip_count"],
         "grants": dict(ledger["grants"]),
     }
@@ -233,9 +236,9 @@ def _merge_child(current: Ledger, child: Mapping[str, Any]) -> Ledger:
     by_agent = dict(out["by_agent"])
     _add_counts(by_agent, child["by_agent"], base["by_agent"])
     out["by_agent"] = by_agent
-    latency = dict(out["latency"])
-    _add_counts(latency, child["latency"], base["latency"])
-    out["latency"] = latency
+    latency = dict(out["latency_us"])
+    _add_counts(latency, child["latency_us"], base["latency_us"])
+    out["latency_us"] = latency
     grants = dict(out["grants"])
     _add_counts(grants, child.get("grants", {}), base.get("grants", {}))
     out["grants"] = grants
@@ -265,10 +268,47 @@ def _fresh() -> Ledger:
     return ledger
 
 
+def _record_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    confidence = record["confidence"]
+    return (
+        record["hop"],
+        record["key"],
+        record["agent"],
+        record["status"],
+        record["reason"],
+        -1.0 if confidence is None else confidence,
+    )
+
+
+def _trip_key(trip: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (trip["hop"], trip["kind"], trip["agent"] or "", trip.get("node") or "", trip["message"])
+
+
+def _insert(
+    seq: list[Any], item: Any, group: int, cap: int, key: Callable[[Any], Any] | None = None
+) -> list[Any]:
+    """Append ``item``, keeping the last ``group`` entries (this superstep's) sorted.
+
+    Parallel steps of one superstep may be folded in any order; sorting them makes the
+    ledger the same whatever the order (the property the tests check), and trimming from
+    the front then keeps the same entries too.
+    """
+    k = item if key is None else key(item)
+    pos = len(seq)
+    low = pos - min(group, pos)
+    while pos > low and (seq[pos - 1] if key is None else key(seq[pos - 1])) > k:
+        pos -= 1
+    out = [*seq[:pos], item, *seq[pos:]]
+    if len(out) > cap:
+        del out[: len(out) - cap]
+    return out
+
+
 def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
     out = _complete(current) if current else _fresh()
     agent = delta.get("agent")
     parent = delta.get("parent")
+    group = out["step_group"]
     if "sane" in delta:
         # All steps of one superstep run from the same parent checkpoint: AND them.
         if parent is not None and parent == out["step_parent"]:
@@ -276,10 +316,11 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
         else:
             out["step_sane"] = delta["sane"]
             out["step_parent"] = parent
+            group = [0, 0, 0]
     if "last_sane" in delta:
         out["last_sane"] = delta["last_sane"]
     now = delta.get("now")
-    if now is not None and out["started_at"] is None:
+    if now is not None and (out["started_at"] is None or now < out["started_at"]):
         out["started_at"] = now
     if "window_size" in delta:
         out["window_size"] = delta["window_size"]
@@ -292,29 +333,24 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
             by_agent[agent] = by_agent.get(agent, 0) + delta["hop"]
             out["by_agent"] = by_agent
     if "latency" in delta and agent is not None:
-        latency = dict(out["latency"])
-        latency[agent] = latency.get(agent, 0.0) + delta["latency"]
-        out["latency"] = latency
+        # Whole microseconds: integer sums do not depend on the order of parallel steps.
+        latency = dict(out["latency_us"])
+        latency[agent] = latency.get(agent, 0) + round(delta["latency"] * 1e6)
+        out["latency_us"] = latency
     if "fp" in delta and agent is not None:
-        window = out["window"]
-        size = out["window_size"]
-        if len(window) >= size:
-            window = window[len(window) - size + 1 :]
-        out["window"] = [*window, [agent, delta["fp"]]]
+        out["window"] = _insert(out["window"], [agent, delta["fp"]], group[0], out["window_size"])
+        group = [group[0] + 1, group[1], group[2]]
     if "record" in delta:
-        recent = out["recent"]
-        if len(recent) >= MAX_RECENT:
-            recent = recent[len(recent) - MAX_RECENT + 1 :]
-        out["recent"] = [*recent, delta["record"]]
+        out["recent"] = _insert(out["recent"], delta["record"], group[1], MAX_RECENT, _record_key)
+        group = [group[0], group[1] + 1, group[2]]
     trip = delta.get("trip")
     if trip is not None:
-        trips = out["trips"]
-        if len(trips) >= MAX_TRIPS:
-            trips = trips[len(trips) - MAX_TRIPS + 1 :]
-        out["trips"] = [*trips, trip]
+        out["trips"] = _insert(out["trips"], trip, group[2], MAX_TRIPS, _trip_key)
+        group = [group[0], group[1], group[2] + 1]
         out["trip_count"] = out["trip_count"] + 1
         if out["status"] == "running":
             out["status"] = "tripped"
+    out["step_group"] = group
     if "grant" in delta:
         grants = dict(out["grants"])
         _add_counts(grants, delta["grant"], {})

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from langchain_core.messages import AIMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langgraph.runtime import get_runtime
 from langgraph.types import Command
 from pydantic_core import PydanticSerializationError
 
@@ -197,13 +198,8 @@ class _Guard:
         return Command(graph=command.graph, update=update, resume=command.resume, goto=goto)
 
 
-def _caller(agent: Any, *, is_async: bool) -> Callable[[Any, RunnableConfig, Any], Any]:
-    """Adapt an agent (function taking state, maybe config/runtime, or a Runnable)."""
-    if not inspect.isfunction(agent) and not inspect.ismethod(agent):
-        method = "ainvoke" if is_async else "invoke"
-        if hasattr(agent, method) and not callable(getattr(agent, "__wrapped__", None)):
-            bound = getattr(agent, method)
-            return lambda state, config, runtime: bound(state, config)
+def _caller(agent: Any) -> Callable[[Any, RunnableConfig, Any], Any]:
+    """Adapt an agent function that takes state and maybe ``config`` and ``runtime``."""
     wants_config = _accepts(agent, "config")
     wants_runtime = _accepts(agent, "runtime")
     if wants_config and wants_runtime:
@@ -215,6 +211,12 @@ def _caller(agent: Any, *, is_async: bool) -> Callable[[Any, RunnableConfig, Any
     return lambda state, config, runtime: agent(state)
 
 
+def _is_runnable(agent: Any) -> bool:
+    return isinstance(agent, Runnable) or (
+        not inspect.isroutine(agent) and hasattr(agent, "invoke") and hasattr(agent, "ainvoke")
+    )
+
+
 def _is_async(agent: Any) -> bool:
     if inspect.iscoroutinefunction(agent):
         return True
@@ -223,12 +225,12 @@ def _is_async(agent: Any) -> bool:
 
 
 def guarded(
-    agent: Callable[..., Any],
+    agent: Callable[..., Any] | Runnable[Any, Any],
     policy: GuardPolicy | None = None,
     *,
     name: str | None = None,
     result_type: Any = Any,
-) -> Callable[..., Any]:
+) -> Any:
     """Wrap an agent into a guarded LangGraph node.
 
     Before the agent runs, the node checks the hop cap and the deadline; if the step
@@ -252,7 +254,8 @@ def guarded(
         result_type: The type of ``Envelope.result`` (e.g. a pydantic model).
 
     Returns:
-        A node function for ``StateGraph.add_node`` (async if the agent is).
+        A node for ``StateGraph.add_node``: a function (async if the agent is), or for
+        a Runnable agent a ``RunnableLambda`` that runs sync and async.
 
     Example:
         ```python
@@ -264,43 +267,64 @@ def guarded(
             f"guarded() needs a callable or a Runnable agent, got {type(agent).__name__}."
         )
     pol = GuardPolicy.coerce(policy)
-    is_async = _is_async(agent) or (
-        not inspect.isfunction(agent) and hasattr(agent, "ainvoke") and not callable(agent)
-    )
-    guard = _Guard(pol, name, result_type, _caller(agent, is_async=is_async))
+    label = name or getattr(agent, "__name__", None) or getattr(agent, "name", None)
     perf = time.perf_counter
 
-    if is_async:
+    def run(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
+        ledger, agent_name, delta, go = guard.before(state, config, runtime)
+        if not go:
+            return guard.refused(delta)
+        start = perf()
+        output = guard.call(state, config, runtime)
+        if inspect.isawaitable(output):
+            if hasattr(output, "close"):
+                output.close()
+            raise ConfigurationError(
+                f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
+                "with `async def` so guarded() builds an async node."
+            )
+        return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+
+    async def arun(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
+        ledger, agent_name, delta, go = guard.before(state, config, runtime)
+        if not go:
+            return guard.refused(delta)
+        start = perf()
+        output = await guard.call(state, config, runtime)
+        return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+
+    node: Any
+    if _is_runnable(agent):
+        # A Runnable (compiled subgraph, chain) can run both ways: so does its node.
+        runnable: Any = agent
+        sync_guard = _Guard(pol, name, result_type, lambda s, c, r: runnable.invoke(s, c))
+        async_guard = _Guard(pol, name, result_type, lambda s, c, r: runnable.ainvoke(s, c))
+
+        def rnode(state: Any, config: RunnableConfig) -> Any:
+            return run(sync_guard, state, config, get_runtime())
+
+        async def arnode(state: Any, config: RunnableConfig) -> Any:
+            return await arun(async_guard, state, config, get_runtime())
+
+        node = RunnableLambda(rnode, afunc=arnode, name=label if isinstance(label, str) else None)
+        node.sanegraph_policy = pol
+        return node
+    guard = _Guard(pol, name, result_type, _caller(agent))
+    if _is_async(agent):
 
         async def anode(state: Any, config: RunnableConfig, runtime: Any) -> Any:
-            ledger, agent_name, delta, go = guard.before(state, config, runtime)
-            if not go:
-                return guard.refused(delta)
-            start = perf()
-            output = await guard.call(state, config, runtime)
-            return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+            return await arun(guard, state, config, runtime)
 
-        node: Callable[..., Any] = anode
+        node = anode
     else:
 
         def snode(state: Any, config: RunnableConfig, runtime: Any) -> Any:
-            ledger, agent_name, delta, go = guard.before(state, config, runtime)
-            if not go:
-                return guard.refused(delta)
-            start = perf()
-            output = guard.call(state, config, runtime)
-            if inspect.isawaitable(output):
-                raise ConfigurationError(
-                    f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
-                    "with `async def` so guarded() builds an async node."
-                )
-            return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+            return run(guard, state, config, runtime)
 
         node = snode
-    label = name or getattr(agent, "__name__", None) or getattr(agent, "name", None)
     if isinstance(label, str) and label.isidentifier():
         node.__name__ = label
         node.__qualname__ = label
     node.__doc__ = f"Guarded node wrapping {label or type(agent).__name__}."
-    node.sanegraph_policy = pol  # type: ignore[attr-defined]
+    node.sanegraph_policy = pol
     return node

@@ -96,17 +96,25 @@ class Escalation(BaseModel):
 
 
 def best_partial(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The newest envelope that is not ``failed``, as ``(key, envelope dict)``."""
+    """The newest usable envelope, as ``(key, envelope dict)``.
+
+    Usable: not ``failed`` and carrying a result. The ledger's recent records give the
+    order; envelopes older than those are searched newest first.
+    """
     ledger = read_ledger(state)
     envelopes = state.get("envelopes") or {}
     for record in reversed(ledger["recent"]):
         env = envelopes.get(record["key"])
-        if env is not None and env.get("status") != "failed":
+        if env is not None and _usable(env):
             return record["key"], env
     for key, env in reversed(list(envelopes.items())):
-        if env.get("status") != "failed":
+        if _usable(env):
             return key, env
     return None
+
+
+def _usable(envelope: Mapping[str, Any]) -> bool:
+    return envelope.get("status") != "failed" and envelope.get("result") is not None
 
 
 def outcome_of(state: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ValidationError
+
 from sanegraph.guards import envelope as envelope_module
 from sanegraph.guards.envelope import Envelope, coerce_envelope, envelope_to_dict
 from sanegraph.guards.errors import ConfigurationError

@@ -25,6 +25,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from pydantic import BaseModel
+
 from sanegraph.guards import testing
 from sanegraph.guards.errors import ConfigurationError, SanegraphError
 from sanegraph.guards.testing import (

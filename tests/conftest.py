@@ -1,0 +1,46 @@
+"""Shared fixtures: real checkpointers (never mocked), one thread id per test."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseCheckpointSaver[Any]]:
+    """A sync-capable checkpointer: InMemorySaver, then SqliteSaver on a file."""
+    if request.param == "memory":
+        yield InMemorySaver()
+        return
+    conn = sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False)
+    try:
+        yield SqliteSaver(conn)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(params=["memory", "async-sqlite"])
+async def async_saver(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """An async-capable checkpointer: InMemorySaver, then AsyncSqliteSaver on a file."""
+    if request.param == "memory":
+        yield InMemorySaver()
+        return
+    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "checkpoints.db")) as aio:
+        yield aio
+
+
+@pytest.fixture
+def config() -> dict[str, Any]:
+    """A run config with a fresh thread id."""
+    return {"configurable": {"thread_id": uuid.uuid4().hex}}

@@ -1,0 +1,219 @@
+"""The ledger channel at the unit tier: folding deltas, subgraph hand-back, bounds."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sanegraph.guards import (
+    DEFAULT_WINDOW,
+    MAX_RECENT,
+    MAX_TRIPS,
+    Ledger,
+    fold_ledger,
+    make_trip,
+    merge_envelopes,
+    new_ledger,
+    read_ledger,
+)
+
+
+def step(agent: str, parent: str, *, fp: str = "f", sane: bool = True, hop: int = 1, **kw: Any):
+    delta: dict[str, Any] = {
+        "agent": agent,
+        "parent": parent,
+        "now": 1000.0,
+        "hop": hop,
+        "latency": 0.001,
+        "fp": fp,
+        "sane": sane,
+        "record": {
+            "agent": agent,
+            "key": kw.pop("key", agent),
+            "hop": kw.pop("at", 1),
+            "status": "success" if sane else "failed",
+            "confidence": None,
+            "reason": "",
+        },
+    }
+    delta.update(kw)
+    return delta
+
+
+def fold_all(deltas: list[dict[str, Any]], start: Ledger | None = None) -> Ledger:
+    ledger: Ledger = start if start is not None else {}
+    for delta in deltas:
+        ledger = fold_ledger(ledger, delta)
+    return ledger
+
+
+def test_empty_channel_reads_as_a_fresh_ledger() -> None:
+    assert read_ledger({})["hops"] == 0
+    assert read_ledger({"guard": {}})["status"] == "running"
+    assert fold_ledger({}, None) == fold_ledger({}, {})
+
+
+def test_deltas_count_hops_per_agent_and_record_fingerprints() -> None:
+    ledger = fold_all([step("researcher", "c1"), step("analyst", "c2", fp="g")])
+    assert ledger["hops"] == 2
+    assert ledger["by_agent"] == {"researcher": 1, "analyst": 1}
+    assert ledger["window"] == [["researcher", "f"], ["analyst", "g"]]
+    assert ledger["latency_us"] == {"researcher": 1000, "analyst": 1000}
+    assert ledger["started_at"] == 1000.0
+
+
+def test_folding_never_mutates_the_current_ledger() -> None:
+    before = fold_all([step("a", "c1")])
+    snapshot = repr(before)
+    fold_ledger(
+        before, step("a", "c2", trip=make_trip("x", "m", limit=1, observed=2, agent="a", hops=1))
+    )
+    assert repr(before) == snapshot
+
+
+def test_a_trip_sets_status_and_an_owner_delta_resolves_it() -> None:
+    trip = make_trip("hop_cap", "too many", limit=1, observed=2, agent="a", hops=1)
+    ledger = fold_all(
+        [step("a", "c1"), {"agent": "a", "parent": "c2", "trip": trip, "sane": False}]
+    )
+    assert ledger["status"] == "tripped"
+    assert ledger["trip_count"] == 1
+    assert ledger["trips"][-1]["kind"] == "hop_cap"
+    ledger = fold_ledger(ledger, {"status": "running", "grant": {"hops": 3}})
+    assert ledger["status"] == "running"
+    ledger = fold_ledger(ledger, {"grant": {"hops": 2}})
+    assert ledger["grants"] == {"hops": 5}
+
+
+def test_step_sanity_is_anded_within_a_superstep_and_reset_by_the_next() -> None:
+    ledger = fold_all([step("a", "c1"), step("b", "c1", sane=False)])
+    assert ledger["step_sane"] is False
+    ledger = fold_ledger(ledger, step("a", "c2"))
+    assert ledger["step_sane"] is True
+    assert ledger["step_parent"] == "c2"
+
+
+def test_the_ledger_stays_bounded_over_ten_thousand_steps() -> None:
+    trip = make_trip("x", "m" * 50, limit=1, observed=2, agent="a", hops=1)
+    ledger: Ledger = {}
+    sizes = []
+    for i in range(10_000):
+        ledger = fold_ledger(
+            ledger, step("a" if i % 2 else "b", f"c{i:08}", fp=f"{i:08x}", trip=trip)
+        )
+        if i in (99, 9_999):
+            sizes.append(len(repr(ledger)))
+    assert ledger["hops"] == 10_000
+    assert ledger["trip_count"] == 10_000
+    assert len(ledger["window"]) == DEFAULT_WINDOW
+    assert len(ledger["recent"]) == MAX_RECENT
+    assert len(ledger["trips"]) == MAX_TRIPS
+    # Only the digits of the counters grow.
+    assert sizes[1] - sizes[0] < 64
+
+
+def test_window_size_can_be_set_by_a_delta() -> None:
+    ledger = fold_all([step("a", f"c{i}", fp=str(i), window_size=4) for i in range(10)])
+    assert [fp for _, fp in ledger["window"]] == ["6", "7", "8", "9"]
+
+
+def test_a_subgraph_hands_back_only_what_it_added() -> None:
+    parent = fold_all([step("a", "c1"), step("b", "c2")])
+    # Entering the subgraph: its empty channel adopts the parent's ledger.
+    child = fold_ledger({}, parent)
+    assert child["hops"] == 2
+    child = fold_all([step("x", "s1", fp="x1"), step("y", "s2", fp="y1")], child)
+    # Meanwhile a sibling branch in the parent added a hop.
+    parent = fold_ledger(parent, step("c", "c3"))
+    merged = fold_ledger(parent, child)
+    assert merged["hops"] == 5
+    assert merged["by_agent"] == {"a": 1, "b": 1, "c": 1, "x": 1, "y": 1}
+    assert merged["window"][-2:] == [["x", "x1"], ["y", "y1"]]
+
+
+def test_two_parallel_subgraphs_both_count() -> None:
+    parent = fold_all([step("a", "c1")])
+    one = fold_all([step("x", "s1"), step("x", "s2")], fold_ledger({}, parent))
+    two = fold_all([step("y", "t1")], fold_ledger({}, parent))
+    merged = fold_ledger(fold_ledger(parent, one), two)
+    assert merged["hops"] == 4
+    assert merged["by_agent"] == {"a": 1, "x": 2, "y": 1}
+
+
+def test_a_subgraph_that_tripped_hands_the_trip_back() -> None:
+    parent = fold_all([step("a", "c1")])
+    trip = make_trip("hop_cap", "cap", limit=2, observed=3, agent="x", hops=2)
+    child = fold_all(
+        [{"agent": "x", "parent": "s1", "trip": trip, "sane": False}], fold_ledger({}, parent)
+    )
+    merged = fold_ledger(parent, child)
+    assert merged["status"] == "tripped"
+    assert merged["trip_count"] == 1
+    assert merged["step_sane"] is False
+
+
+def test_a_whole_ledger_without_base_replaces_the_current_one() -> None:
+    current = fold_all([step("a", "c1")])
+    replacement = new_ledger()
+    replacement["hops"] = 7
+    assert fold_ledger(current, replacement)["hops"] == 7
+
+
+def test_a_list_of_deltas_folds_in_order() -> None:
+    assert fold_ledger({}, [step("a", "c1"), step("a", "c2")])["hops"] == 2
+
+
+def test_merge_envelopes_keeps_the_newest_per_key() -> None:
+    merged = merge_envelopes({"a": {"status": "failed"}}, {"a": {"status": "success"}, "b": {}})
+    assert merged == {"a": {"status": "success"}, "b": {}}
+    assert merge_envelopes(None, None) == {}
+
+
+agents = st.sampled_from(["researcher", "analyst", "writer"])
+parallel_steps = st.lists(
+    st.tuples(
+        agents,
+        st.text("abcdef0123456789", min_size=1, max_size=4),
+        st.booleans(),
+        st.integers(0, 3),
+        st.floats(0, 5, allow_nan=False),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _parallel_delta(i: int, spec: tuple[str, str, bool, int, float, bool]) -> dict[str, Any]:
+    agent, fp, sane, offset, latency, trips = spec
+    delta = step(agent, "superstep", fp=fp, sane=sane, key=f"{agent}[{i}]", at=10 + offset)
+    delta["latency"] = latency
+    delta["now"] = 2000.0 + offset
+    if trips:
+        delta["trip"] = make_trip("hop_cap", f"m{i}", limit=1, observed=2, agent=agent, hops=offset)
+    return delta
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=st.integers(0, 40), specs=parallel_steps, window=st.integers(1, 8), data=st.data())
+def test_folding_any_permutation_of_parallel_deltas_gives_one_result(
+    history: int, specs: list[Any], window: int, data: st.DataObject
+) -> None:
+    start = fold_all(
+        [step("researcher", f"c{i}", fp=f"{i}", window_size=window) for i in range(history)]
+    )
+    deltas = [_parallel_delta(i, spec) for i, spec in enumerate(specs)]
+    expected = fold_all(deltas, start)
+    order = data.draw(st.permutations(range(len(deltas))))
+    assert fold_all([deltas[i] for i in order], start) == expected
+
+
+def test_every_permutation_of_a_small_superstep_agrees() -> None:
+    deltas = [
+        _parallel_delta(i, ("analyst", f"{i}", i % 2 == 0, i, 0.1 * i, i == 1)) for i in range(4)
+    ]
+    results = {repr(fold_all(list(p))) for p in itertools.permutations(deltas)}
+    assert len(results) == 1
