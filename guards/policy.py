@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigurationError
 
@@ -231,6 +231,18 @@ class GuardPolicy:
     """What the task owner does with trips (an action name is shorthand)."""
     owner_node: str = "owner"
     """Name of the task-owner node that trips are routed to."""
+
+    if TYPE_CHECKING:
+        # The dataclass __init__ accepts the documented shorthand; tell type checkers so.
+        def __init__(
+            self,
+            *,
+            hops: HopCap | int = ...,
+            budget: Budget | float | None = ...,
+            envelopes: EnvelopePolicy | None = ...,
+            owner: OwnerPolicy | OwnerAction | None = ...,
+            owner_node: str = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hops", HopCap.coerce(self.hops))
