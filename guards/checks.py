@@ -34,6 +34,7 @@ def make_trip(
         "observed": observed,
         "agent": agent,
         "node": node,
+        "ns": None,
         "scope": scope,
         "hop": hops,
     }
@@ -52,8 +53,8 @@ def check_hops(ledger: Ledger, cap: HopCap, agent: str) -> Trip | None:
         return make_trip(
             "hop_cap",
             f"The next hop would exceed max_hops={allowed} (hops={hops}, agent={agent!r}). "
-            "Raise HopCap.max_hops, or route the trip to an owner that escalates so a "
-            "human can grant more hops.",
+            "Raise HopCap.max_hops, or let the task owner escalate so a human can grant "
+            "more hops.",
             limit=allowed,
             observed=hops + 1,
             agent=agent,

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypedDict
 
+from langchain_core.runnables.config import var_child_runnable_config
+
 __all__ = (
     "DEFAULT_WINDOW",
     "MAX_RECENT",
@@ -75,7 +77,10 @@ class Trip(TypedDict):
     agent: str | None
     """The agent whose step tripped."""
     node: str | None
-    """The graph node whose step tripped (where the owner continues)."""
+    """The graph node whose step tripped."""
+    ns: str | None
+    """The tripped task's checkpoint namespace (``"sub:id|node:id"`` inside subgraphs):
+    an owner at nesting level *d* continues at the node named in segment *d*."""
     scope: str
     """``"thread"`` or ``"agent"``."""
     hop: int
@@ -136,6 +141,10 @@ class Ledger(TypedDict, total=False):
     """The owner's final envelope (as a dict) once the run is done or aborted."""
     rollbacks: int
     """How many times this thread was rolled back."""
+    faults: int
+    """Steps that did not pass every guard (failed envelope or trip)."""
+    depth: int
+    """Nesting level of the graph holding this ledger: 0 for the thread's root graph."""
     base: dict[str, Any] | None
     """Inside a subgraph: the parent's counters at entry, to fold back only what was added."""
 
@@ -155,7 +164,7 @@ class StepDelta(TypedDict, total=False):
     last_sane: str
     status: RunStatus
     grant: dict[str, float]
-    outcome: dict[str, Any]
+    outcome: dict[str, Any] | None
     window_size: int
     reset_window: bool
 
@@ -181,6 +190,8 @@ def new_ledger() -> Ledger:
         "grants": {},
         "outcome": None,
         "rollbacks": 0,
+        "faults": 0,
+        "depth": 0,
         "base": None,
     }
 
@@ -224,6 +235,7 @@ def _snapshot(ledger: Mapping[str, Any]) -> dict[str, Any]:
         "latency_us": dict(ledger["latency_us"]),
         "trip_count": ledger["trip_count"],
         "grants": dict(ledger["grants"]),
+        "faults": ledger["faults"],
     }
 
 
@@ -250,6 +262,9 @@ def _merge_child(current: Ledger, child: Mapping[str, Any]) -> Ledger:
     if new_trips > 0:
         out["trips"] = (out["trips"] + child["trips"][-new_trips:])[-MAX_TRIPS:]
         out["trip_count"] = out["trip_count"] + new_trips
+    new_faults = child["faults"] - base.get("faults", 0)
+    if new_faults > 0:
+        out["faults"] = out["faults"] + new_faults
         out["step_sane"] = False
     if child["status"] != "running" and out["status"] == "running":
         out["status"] = child["status"]
@@ -260,10 +275,25 @@ def _merge_child(current: Ledger, child: Mapping[str, Any]) -> Ledger:
     return out
 
 
-def _fresh() -> Ledger:
+def _level() -> int:
+    """Nesting level of the graph whose reducer is running.
+
+    LangGraph applies a subgraph's writes inside the task that runs the subgraph, so the
+    runnable config in context names that task's namespace ("sub:id", "a:id|b:id"); the
+    root graph applies its writes outside any task, with no namespace.
+    """
+    config = var_child_runnable_config.get()
+    if not config:
+        return 0
+    ns = (config.get("configurable") or {}).get("checkpoint_ns") or ""
+    return ns.count("|") + 1 if ns else 0
+
+
+def _fresh(depth: int | None = None) -> Ledger:
     # Every ledger carries a base, so a whole ledger without one is recognisably a
     # hand-made replacement (update_state) rather than a subgraph handing one back.
     ledger = new_ledger()
+    ledger["depth"] = _level() if depth is None else depth
     ledger["base"] = _snapshot(ledger)
     return ledger
 
@@ -310,6 +340,8 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
     parent = delta.get("parent")
     group = out["step_group"]
     if "sane" in delta:
+        if not delta["sane"]:
+            out["faults"] = out["faults"] + 1
         # All steps of one superstep run from the same parent checkpoint: AND them.
         if parent is not None and parent == out["step_parent"]:
             out["step_sane"] = out["step_sane"] and delta["sane"]
@@ -343,6 +375,10 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
     if "record" in delta:
         out["recent"] = _insert(out["recent"], delta["record"], group[1], MAX_RECENT, _record_key)
         group = [group[0], group[1] + 1, group[2]]
+    if "status" in delta:
+        out["status"] = delta["status"]
+    if "outcome" in delta:
+        out["outcome"] = delta["outcome"]
     trip = delta.get("trip")
     if trip is not None:
         out["trips"] = _insert(out["trips"], trip, group[2], MAX_TRIPS, _trip_key)
@@ -355,22 +391,20 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
         grants = dict(out["grants"])
         _add_counts(grants, delta["grant"], {})
         out["grants"] = grants
-    if "status" in delta:
-        out["status"] = delta["status"]
-    if "outcome" in delta:
-        out["outcome"] = delta["outcome"]
     return out
 
 
 def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
     """The ``guard`` channel's reducer: fold one write into the ledger.
 
-    Accepts a :class:`StepDelta`, a list of deltas, or a whole :class:`Ledger`. A whole
-    ledger written into an empty channel is adopted and remembered as ``base`` (this is
-    how a subgraph receives its parent's ledger); a whole ledger that carries a ``base``
-    is a subgraph handing its ledger back, and only what it added since ``base`` is
-    folded in; a whole ledger without ``base`` replaces the current one. To replace a
-    ledger read from state, write ``langgraph.types.Overwrite(ledger)``.
+    Accepts a :class:`StepDelta`, a list of deltas, or a whole :class:`Ledger`. Whole
+    ledgers are told apart by the nesting level they were made at (``depth``) against
+    the level of the graph applying the write: a shallower one is a parent's ledger
+    entering a subgraph (adopted, and remembered as ``base``); a deeper one is a
+    subgraph handing its ledger back (only what it added since ``base`` is folded in);
+    one of the same level is a previous result passed in again (ignored). A whole
+    ledger without ``base`` replaces the current one; to replace a ledger read from
+    state, write ``langgraph.types.Overwrite(ledger)``.
 
     Args:
         current: The channel's value (``{}`` before the first write).
@@ -388,14 +422,22 @@ def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
             out = fold_ledger(out, item)
         return out
     if "v" in update:
-        if not current:
+        if not update.get("base"):
+            return _complete(update)  # a hand-made ledger (update_state) replaces
+        here = _level()
+        there = update.get("depth", 0)
+        if there > here:
+            # A subgraph handing its ledger back: fold in only what it added.
+            return _merge_child(current if current else _fresh(here), update)
+        if there < here or not current:
             # Entering a subgraph: take the parent's ledger and remember it as the base.
             adopted = _complete(update)
+            adopted["depth"] = here
             adopted["base"] = _snapshot(adopted)
             return adopted
-        if update.get("base"):
-            return _merge_child(current, update)
-        return _complete(update)
+        # The same level's own ledger coming back as input (a previous result passed to
+        # invoke again): the channel already holds the truth.
+        return current
     return _apply(current or {}, update)
 
 

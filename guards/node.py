@@ -23,7 +23,7 @@ from ._fingerprint import digest
 from .checks import check_deadline, check_envelope, check_hops
 from .envelope import Envelope, coerce_envelope, envelope_to_dict
 from .errors import ConfigurationError, GuardTripped
-from .ledger import EnvelopeRecord, Ledger, StepDelta, fold_ledger, read_ledger
+from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, fold_ledger, read_ledger
 from .policy import GuardPolicy
 
 __all__ = ("BRANCH_KEY", "guarded")
@@ -37,6 +37,12 @@ _NO_ENVELOPE = (
     "the agent returned a state update with no envelope; add it under 'envelope', or put "
     "an AIMessage carrying it last in 'messages'"
 )
+
+
+def _locate(trip: Trip, config: RunnableConfig, info: Any) -> None:
+    """Record where a trip happened: the node, and the namespace path to it."""
+    trip["node"] = config["metadata"].get("langgraph_node")
+    trip["ns"] = info.checkpoint_ns if info is not None else None
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -90,12 +96,17 @@ class _Guard:
         ledger = read_ledger(state)
         agent = self.name or config["metadata"]["langgraph_node"]
         status = ledger["status"]
-        if status != "running":
+        if status == "tripped":
             self._unrouted(ledger, agent)
         info = getattr(runtime, "execution_info", None)
         parent: str | None = info.checkpoint_id if info is not None else None
         now = time.time()
         delta: StepDelta = {"agent": agent, "now": now, "parent": parent}
+        if status != "running":
+            # The owner finished an earlier run of this thread and new input arrived: a
+            # new turn starts, with every count carried over (the caps still hold).
+            delta["status"] = "running"
+            delta["outcome"] = None
         # The parent checkpoint holds the state the last (sane) superstep produced. A
         # task's namespace is "node:task_id"; a "|" means it runs in a subgraph, whose
         # checkpoints are not the thread's rollback targets.
@@ -107,30 +118,25 @@ class _Guard:
             ledger, policy.budget, agent, now
         )
         if trip is not None:
-            trip["node"] = config["metadata"].get("langgraph_node")
+            _locate(trip, config, info)
             delta["trip"] = trip
             delta["sane"] = False
             return ledger, agent, delta, False
         return ledger, agent, delta, True
 
     def _unrouted(self, ledger: Ledger, agent: str) -> None:
-        if ledger["status"] == "tripped" and ledger["trips"]:
-            trip = dict(ledger["trips"][-1])
-            trip["message"] = (
-                f"{trip['message']} The trip was not routed to the task owner, so "
-                f"{agent!r} ran after it: use guard_route(...) on the edges out of guarded "
-                "nodes."
-            )
-            raise GuardTripped.from_trip(trip)
-        raise ConfigurationError(
-            f"Guarded node {agent!r} ran after the run was {ledger['status']} by its owner. "
-            "Route the task owner to END (task_owner(...) returns Command(goto=END))."
-        )
+        trip = dict(ledger["trips"][-1]) if ledger["trips"] else {"kind": "guard", "message": ""}
+        trip["message"] = (
+            f"{trip['message']} The trip was not routed to the task owner, so {agent!r} ran "
+            "after it: use guard_route(...) on the edges out of guarded nodes."
+        ).strip()
+        raise GuardTripped.from_trip(trip)
 
     def after(
         self,
         state: Mapping[str, Any],
         config: RunnableConfig,
+        runtime: Any,
         ledger: Ledger,
         agent: str,
         delta: StepDelta,
@@ -167,7 +173,7 @@ class _Guard:
         delta["record"] = record
         delta["sane"] = trip is None and envelope.status != "failed"
         if trip is not None:
-            trip["node"] = config["metadata"].get("langgraph_node")
+            _locate(trip, config, getattr(runtime, "execution_info", None))
             delta["trip"] = trip
         return self._write(update, delta, {key: as_dict}, command)
 
@@ -283,7 +289,9 @@ def guarded(
                 f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
                 "with `async def` so guarded() builds an async node."
             )
-        return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+        return guard.after(
+            state, config, runtime, ledger, agent_name, delta, output, perf() - start
+        )
 
     async def arun(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
         ledger, agent_name, delta, go = guard.before(state, config, runtime)
@@ -291,7 +299,9 @@ def guarded(
             return guard.refused(delta)
         start = perf()
         output = await guard.call(state, config, runtime)
-        return guard.after(state, config, ledger, agent_name, delta, output, perf() - start)
+        return guard.after(
+            state, config, runtime, ledger, agent_name, delta, output, perf() - start
+        )
 
     node: Any
     if _is_runnable(agent):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -221,7 +222,7 @@ def task_owner(
     """
     pol = GuardPolicy.coerce(policy)
 
-    def owner(state: Any) -> Command[Any]:
+    def owner(state: Any, config: RunnableConfig) -> Command[Any]:
         ledger = read_ledger(state)
         if not ledger["trips"]:
             raise ConfigurationError(
@@ -235,10 +236,12 @@ def task_owner(
         if action == "escalate":
             decision = _ask(_escalation(ledger, trip, time.time()), trip)
             if isinstance(decision, ContinueRun):
-                return _continue(state, trip, decision, resume_to)
+                return _continue(state, config, trip, decision, resume_to)
             if isinstance(decision, AbortRun):
-                return _finish(state, trip, "aborted", f"aborted by a human: {decision.reason}")
-            return _finish(state, trip, "done", f"partial result accepted: {decision.note}")
+                why = f": {decision.reason}" if decision.reason else ""
+                return _finish(state, trip, "aborted", f"aborted by a human{why}")
+            note = f": {decision.note}" if decision.note else ""
+            return _finish(state, trip, "done", f"partial result accepted by a human{note}")
         if action == "abort":
             return _finish(state, trip, "aborted", "aborted by policy")
         return _finish(state, trip, "done", "best partial result kept")
@@ -249,6 +252,7 @@ def task_owner(
 
 def _continue(
     state: Any,
+    config: RunnableConfig,
     trip: Trip,
     decision: ContinueRun,
     resume_to: str | Callable[[Any], str] | None,
@@ -261,7 +265,7 @@ def _continue(
         grant["seconds"] = decision.extra_seconds
     delta: StepDelta = {"status": "running", "grant": grant}
     if resume_to is None:
-        target = trip.get("node") or trip["agent"]
+        target = _tripped_node(trip, config)
     elif isinstance(resume_to, str):
         target = resume_to
     else:
@@ -271,6 +275,22 @@ def _continue(
             "The owner cannot tell where to continue: pass task_owner(resume_to=...)."
         )
     return Command(goto=target, update={"guard": delta})
+
+
+def _tripped_node(trip: Trip, config: RunnableConfig) -> str | None:
+    """The node, at the owner's own nesting level, whose step tripped.
+
+    A trip inside a subgraph names the inner node; the owner of the parent graph must
+    continue at the subgraph's node, which is the matching segment of the namespace.
+    """
+    ns = trip.get("ns")
+    if ns:
+        own = (config.get("configurable") or {}).get("checkpoint_ns") or ""
+        level = own.count("|")
+        segments = ns.split("|")
+        if level < len(segments):
+            return segments[level].split(":", 1)[0]
+    return trip.get("node") or trip["agent"]
 
 
 def _finish(state: Any, trip: Trip, status: Literal["done", "aborted"], why: str) -> Command[Any]:

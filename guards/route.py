@@ -10,6 +10,7 @@ from langgraph.types import Send
 from .errors import ConfigurationError
 from .ledger import read_ledger
 from .node import BRANCH_KEY
+from .policy import GuardPolicy
 
 __all__ = ("guard_route", "guard_sends", "is_tripped")
 
@@ -32,7 +33,8 @@ def _literal_targets(fn: Callable[..., Any]) -> tuple[str, ...] | None:
 def guard_route(
     next: str | Callable[[Any], str],
     *,
-    owner: str = "owner",
+    owner: str | None = None,
+    policy: GuardPolicy | None = None,
     destinations: Sequence[str] | None = None,
 ) -> Callable[[Any], str]:
     """An edge condition: a tripped run goes to ``owner``, any other to ``next``.
@@ -43,7 +45,8 @@ def guard_route(
     Args:
         next: The node to go to when nothing tripped (a name or ``END``), or a router
             ``(state) -> name`` for the untripped case.
-        owner: The task-owner node.
+        owner: The task-owner node; default ``policy.owner_node`` (``"owner"``).
+        policy: The graph's guard policy, for its ``owner_node``.
         destinations: The names a router ``next`` may return; read from its ``Literal``
             return annotation when omitted.
 
@@ -58,6 +61,7 @@ def guard_route(
         builder.add_conditional_edges("analyst", guard_route("writer"))
         ```
     """
+    owner = owner or GuardPolicy.coerce(policy).owner_node
     if isinstance(next, str):
         targets: tuple[str, ...] = (next,)
         target = next

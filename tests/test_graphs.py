@@ -41,8 +41,8 @@ from sanegraph.guards.testing import ScriptedChatModel, envelope_message, script
 NEED_MORE = "I need more context"
 HOP_CAP_6 = (
     "hop_cap: The next hop would exceed max_hops=6 (hops=6, agent='researcher'). Raise "
-    "HopCap.max_hops, or route the trip to an owner that escalates so a human can grant "
-    "more hops. (best partial result kept)"
+    "HopCap.max_hops, or let the task owner escalate so a human can grant more "
+    "hops. (best partial result kept)"
 )
 
 
@@ -469,8 +469,8 @@ async def test_parallel_aggregate_sees_failures_as_data_async(
 
 REFUSED_4 = (
     "not run: The next hop would exceed max_hops=4 (hops={hops}, agent='flaky'). Raise "
-    "HopCap.max_hops, or route the trip to an owner that escalates so a human can grant "
-    "more hops."
+    "HopCap.max_hops, or let the task owner escalate so a human can grant more "
+    "hops."
 )
 
 
@@ -590,8 +590,8 @@ def test_escalated_fan_out_continues_to_the_aggregate(
 
 PARALLEL_HOP_CAP_6 = (
     "hop_cap: The next hop would exceed max_hops=6 (hops=6, agent='researcher'). Raise "
-    "HopCap.max_hops, or route the trip to an owner that escalates so a human can grant "
-    "more hops. (best partial result kept)"
+    "HopCap.max_hops, or let the task owner escalate so a human can grant more "
+    "hops. (best partial result kept)"
 )
 
 

@@ -71,7 +71,7 @@ def test_hop_cap_trips_only_when_the_next_hop_would_exceed() -> None:
     assert (trip["kind"], trip["limit"], trip["observed"], trip["agent"]) == ("hop_cap", 3, 4, "a")
     assert trip["message"] == (
         "The next hop would exceed max_hops=3 (hops=3, agent='a'). Raise HopCap.max_hops, "
-        "or route the trip to an owner that escalates so a human can grant more hops."
+        "or let the task owner escalate so a human can grant more hops."
     )
 
 
@@ -239,10 +239,20 @@ def test_counts_survive_re_invoking_a_finished_thread(saver: Any, config: Any) -
     graph.invoke({"topic": "tides"}, config)
     graph.invoke(Command(resume={"action": "abort", "reason": "enough"}), config)
     assert read_ledger(graph.get_state(config).values)["status"] == "aborted"
-    # A new invoke on the same thread starts from the saved ledger: nothing is reset.
-    with pytest.raises(ConfigurationError, match="ran after the run was aborted by its owner"):
-        graph.invoke({"topic": "again"}, config)
+    # New input on the same thread starts a new turn from the saved ledger: nothing is
+    # reset, so the very first step trips the cap again and the owner asks the human.
+    graph.invoke({"topic": "again"}, config)
+    snapshot = graph.get_state(config)
+    assert snapshot.next == ("owner",)
+    ledger = read_ledger(snapshot.values)
+    assert (ledger["hops"], ledger["trip_count"], ledger["status"]) == (5, 2, "tripped")
     assert sum(calls.counts.values()) == 5
+    # Passing a previous result back in as input does not count its hops twice.
+    graph.invoke(Command(resume={"action": "continue", "extra_hops": 1}), config)
+    graph.invoke(Command(resume={"action": "abort"}), config)
+    again = graph.invoke(graph.get_state(config).values, config)
+    assert read_ledger(again)["hops"] == 6
+    assert sum(calls.counts.values()) == 6
 
 
 def test_deadline_trips_and_routes_to_the_owner(config: Any) -> None:
@@ -559,3 +569,34 @@ def test_unrouted_deadline_surfaces_as_deadline_exceeded() -> None:
     with pytest.raises(DeadlineExceeded, match="late"):
         node({"guard": ledger}, {"metadata": {"langgraph_node": "a"}}, None)
     assert issubclass(DeadlineExceeded, GuardTripped) and issubclass(GuardTripped, RuntimeError)
+
+
+def test_continue_after_a_trip_inside_a_subgraph_resumes_at_the_subgraph_node(config: Any) -> None:
+    calls: Counter[str] = Counter()
+    policy = GuardPolicy(hops=3, owner="escalate")
+
+    def inner(state: State) -> dict[str, Any]:
+        calls["inner"] += 1
+        return {"status": "success", "result": calls["inner"]}
+
+    sub = GuardedStateGraph(State)
+    sub.add_node("inner", guarded(inner, policy))
+    sub.add_edge(START, "inner")
+    sub.add_conditional_edges("inner", guard_route("inner", owner=END))
+    outer = GuardedStateGraph(State)
+    outer.add_node("sub", sub.compile())
+    outer.add_node("owner", task_owner(policy), destinations=("sub", END))
+    outer.add_edge(START, "sub")
+    outer.add_conditional_edges("sub", guard_route(END))
+    graph = outer.compile(checkpointer=InMemorySaver())
+    graph.invoke({}, config)
+    ledger = read_ledger(graph.get_state(config).values)
+    assert (ledger["hops"], ledger["status"], ledger["trips"][-1]["node"]) == (
+        3,
+        "tripped",
+        "inner",
+    )
+    graph.invoke(Command(resume={"action": "continue", "extra_hops": 2}), config)
+    # The owner went back to "sub" (the node at its own level), which ran inner twice more.
+    assert calls["inner"] == 5
+    assert read_ledger(graph.get_state(config).values)["hops"] == 5

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from langchain_core.runnables.config import var_child_runnable_config
 
 from sanegraph.guards import (
     DEFAULT_WINDOW,
@@ -19,6 +22,16 @@ from sanegraph.guards import (
     new_ledger,
     read_ledger,
 )
+
+
+@contextmanager
+def in_subgraph(ns: str = "sub:1") -> Iterator[None]:
+    """Fold as a subgraph's reducer does: inside the task that runs the subgraph."""
+    token = var_child_runnable_config.set({"configurable": {"checkpoint_ns": ns}})
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
 
 
 def step(agent: str, parent: str, *, fp: str = "f", sane: bool = True, hop: int = 1, **kw: Any):
@@ -122,10 +135,11 @@ def test_window_size_can_be_set_by_a_delta() -> None:
 
 def test_a_subgraph_hands_back_only_what_it_added() -> None:
     parent = fold_all([step("a", "c1"), step("b", "c2")])
-    # Entering the subgraph: its empty channel adopts the parent's ledger.
-    child = fold_ledger({}, parent)
-    assert child["hops"] == 2
-    child = fold_all([step("x", "s1", fp="x1"), step("y", "s2", fp="y1")], child)
+    with in_subgraph():
+        # Entering the subgraph: its empty channel adopts the parent's ledger.
+        child = fold_ledger({}, parent)
+        assert child["hops"] == 2
+        child = fold_all([step("x", "s1", fp="x1"), step("y", "s2", fp="y1")], child)
     # Meanwhile a sibling branch in the parent added a hop.
     parent = fold_ledger(parent, step("c", "c3"))
     merged = fold_ledger(parent, child)
@@ -136,8 +150,9 @@ def test_a_subgraph_hands_back_only_what_it_added() -> None:
 
 def test_two_parallel_subgraphs_both_count() -> None:
     parent = fold_all([step("a", "c1")])
-    one = fold_all([step("x", "s1"), step("x", "s2")], fold_ledger({}, parent))
-    two = fold_all([step("y", "t1")], fold_ledger({}, parent))
+    with in_subgraph():
+        one = fold_all([step("x", "s1"), step("x", "s2")], fold_ledger({}, parent))
+        two = fold_all([step("y", "t1")], fold_ledger({}, parent))
     merged = fold_ledger(fold_ledger(parent, one), two)
     assert merged["hops"] == 4
     assert merged["by_agent"] == {"a": 1, "x": 2, "y": 1}
@@ -146,13 +161,44 @@ def test_two_parallel_subgraphs_both_count() -> None:
 def test_a_subgraph_that_tripped_hands_the_trip_back() -> None:
     parent = fold_all([step("a", "c1")])
     trip = make_trip("hop_cap", "cap", limit=2, observed=3, agent="x", hops=2)
-    child = fold_all(
-        [{"agent": "x", "parent": "s1", "trip": trip, "sane": False}], fold_ledger({}, parent)
-    )
+    with in_subgraph():
+        child = fold_all(
+            [{"agent": "x", "parent": "s1", "trip": trip, "sane": False}], fold_ledger({}, parent)
+        )
     merged = fold_ledger(parent, child)
     assert merged["status"] == "tripped"
     assert merged["trip_count"] == 1
     assert merged["step_sane"] is False
+
+
+def test_nested_subgraphs_and_an_empty_root() -> None:
+    with in_subgraph("sub:1"):
+        outer = fold_ledger({}, {})  # entered from a root that has no ledger yet
+        outer = fold_ledger(outer, step("x", "s1"))
+        with in_subgraph("sub:1|inner:2"):
+            inner = fold_all([step("y", "i1"), step("y", "i2")], fold_ledger({}, outer))
+        outer = fold_ledger(outer, inner)
+    assert outer["hops"] == 3
+    sibling = fold_all([step("z", "t1")], fold_ledger({}, {}))
+    sibling["depth"] = 1  # as if made inside a second, parallel subgraph
+    root = fold_ledger(fold_ledger({}, outer), sibling)  # the root's first writes
+    assert root["hops"] == 4
+    assert root["depth"] == 0
+
+
+def test_a_previous_result_passed_in_again_changes_nothing() -> None:
+    ledger = fold_all([step("a", "c1"), step("b", "c2")])
+    assert fold_ledger(ledger, dict(ledger))["hops"] == 2
+
+
+def test_a_failed_step_inside_a_subgraph_makes_the_parent_step_insane() -> None:
+    parent = fold_all([step("a", "c1")])
+    with in_subgraph():
+        child = fold_all([step("x", "s1", sane=False), step("x", "s2")], fold_ledger({}, parent))
+    assert child["step_sane"] is True
+    merged = fold_ledger(parent, child)
+    assert merged["step_sane"] is False
+    assert merged["faults"] == 1
 
 
 def test_a_whole_ledger_without_base_replaces_the_current_one() -> None:
