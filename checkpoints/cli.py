@@ -1,0 +1,172 @@
+"""The ``sanegraph`` command line: ``demo``, ``runs``, ``show``.
+
+``runs`` and ``show`` read a SQLite checkpoint file directly (through the saver, never by
+unpickling rows by hand), so they work on any guarded graph's threads without importing
+the graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sanegraph.guards import read_ledger
+
+__all__ = ("ThreadSummary", "list_threads", "main", "thread_summary")
+
+
+class ThreadSummary(dict[str, Any]):
+    """One thread's guard summary (a JSON-ready dict): id, status, hops, trips, ..."""
+
+
+def _saver(db: str) -> Any:
+    from .saver import open_sqlite_saver
+
+    if not Path(db).exists():
+        raise SystemExit(
+            f"sanegraph: no such file: {db}. Run `sanegraph demo` first, or pass --db."
+        )
+    return open_sqlite_saver(db)
+
+
+def thread_summary(saver: Any, thread_id: str) -> ThreadSummary | None:
+    """Summarize the newest checkpoint of ``thread_id`` (None if the thread is unknown)."""
+    found = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+    if found is None:
+        return None
+    values = found.checkpoint["channel_values"]
+    ledger = read_ledger(values)
+    paused = any(channel == "__interrupt__" for _, channel, _ in found.pending_writes or [])
+    status = "paused" if paused else ledger["status"]
+    return ThreadSummary(
+        thread_id=thread_id,
+        checkpoint_id=found.checkpoint["id"],
+        status=status,
+        hops=ledger["hops"],
+        by_agent=ledger["by_agent"],
+        trips=ledger["trip_count"],
+        last_trip=ledger["trips"][-1] if ledger["trips"] else None,
+        last_sane=ledger["last_sane"],
+        rollbacks=ledger["rollbacks"],
+        recent=ledger["recent"],
+        outcome=ledger["outcome"],
+    )
+
+
+def list_threads(saver: Any) -> list[ThreadSummary]:
+    """Every top-level thread in a SQLite checkpoint file, newest first."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(saver.conn)
+    rows = db.query(
+        "select thread_id, max(checkpoint_id) as newest from checkpoints "
+        "where checkpoint_ns = '' group by thread_id order by newest desc"
+    )
+    summaries = [thread_summary(saver, row["thread_id"]) for row in rows]
+    return [s for s in summaries if s is not None]
+
+
+def _kind(trip: dict[str, Any] | None) -> str:
+    return str(trip["kind"]) if trip else "-"
+
+
+def _print_runs(threads: list[ThreadSummary]) -> None:
+    if not threads:
+        print("No threads.")
+        return
+    head = ("thread", "status", "hops", "trips", "last trip")
+    rows = [
+        (
+            t["thread_id"],
+            t["status"],
+            str(t["hops"]),
+            str(t["trips"]),
+            (t["last_trip"] or {}).get("kind", "-"),
+        )
+        for t in threads
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*head))
+    for row in rows:
+        print(line.format(*row))
+
+
+def _print_show(summary: ThreadSummary) -> None:
+    print(f"thread     {summary['thread_id']}")
+    print(f"status     {summary['status']}")
+    agents = ", ".join(f"{a}={n}" for a, n in summary["by_agent"].items())
+    print(f"hops       {summary['hops']} ({agents or 'none'})")
+    print(f"last sane  {summary['last_sane'] or '-'}")
+    print(f"rollbacks  {summary['rollbacks']}")
+    if summary["last_trip"]:
+        print(f"last trip  {summary['last_trip']['kind']}: {summary['last_trip']['message']}")
+    if summary["outcome"]:
+        outcome = summary["outcome"]
+        print(f"outcome    {outcome['status']}: {outcome['result']!r}")
+    if summary["recent"]:
+        print("recent steps:")
+        for r in summary["recent"]:
+            reason = f" - {r['reason']}" if r["reason"] else ""
+            print(f"  #{r['hop']:<4} {r['agent']:<12} {r['status']}{reason}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sanegraph`` command."""
+    parser = argparse.ArgumentParser(prog="sanegraph", description="Guards for LangGraph runs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo", help="replay the researcher/analyst incident, unguarded and guarded"
+    )
+    demo.add_argument(
+        "--db", default="sanegraph-demo.db", help="SQLite file to write (default: %(default)s)"
+    )
+    demo.add_argument("--graph", choices=("sequential", "parallel"), default="sequential")
+    demo.add_argument("--max-hops", type=int, default=12)
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    runs = sub.add_parser("runs", help="list the threads in a checkpoint file")
+    runs.add_argument("--db", default="sanegraph-demo.db")
+    runs.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="show one thread's guard ledger")
+    show.add_argument("thread_id")
+    show.add_argument("--db", default="sanegraph-demo.db")
+    show.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from .demo import render, run_demo
+
+        if args.max_hops < 2:
+            parser.error("--max-hops must be at least 2")
+        report = run_demo(db=args.db, graph=args.graph, max_hops=args.max_hops)
+        print(report.to_json() if args.json else render(report))
+        return 0
+    saver = _saver(args.db)
+    try:
+        if args.command == "runs":
+            threads = list_threads(saver)
+            if args.json:
+                print(json.dumps(threads, default=str))
+            else:
+                _print_runs(threads)
+            return 0
+        summary = thread_summary(saver, args.thread_id)
+        if summary is None:
+            missing = f"sanegraph: no thread {args.thread_id!r} in {args.db}."
+            print(f"{missing} `sanegraph runs` lists them.", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(summary, default=str))
+        else:
+            _print_show(summary)
+        return 0
+    finally:
+        saver.conn.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The ``sanegraph`` command: ``demo`` (table and ``--json``), ``runs``, ``show``.
+
+Commands run in-process through ``main([...])`` on SQLite files under ``tmp_path``; one
+test runs the installed console script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sanegraph.checkpoints.cli import main
+
+RUNS = ("unguarded", "guarded", "escalated", "rolled back")
+"""The demo's rows, in order."""
+
+
+def _table(out: str) -> dict[str, dict[str, str]]:
+    """The demo's table as {run: {column: cell}} (columns are 2+ spaces apart)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    head = re.split(r"\s{2,}", lines[start].strip())
+    assert set(lines[start + 1].replace(" ", "")) == {"-"}, lines[start + 1]
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.strip():
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        assert len(cells) == len(head), line
+        rows[cells[0]] = dict(zip(head, cells, strict=True))
+    return rows
+
+
+def _check_facts(runs: dict[str, dict[str, Any]], *, max_hops: int = 12) -> None:
+    """What the demo must show, from the table or from --json (hops may be str or int)."""
+    assert list(runs) == list(RUNS)
+    unguarded, guarded, escalated, rolled = (runs[name] for name in RUNS)
+    assert str(unguarded["stopped by"]).startswith("recursion_limit=")
+    assert int(unguarded["hops"]) > int(guarded["hops"])
+    assert (guarded["stopped by"], int(guarded["hops"]), guarded["status"]) == (
+        "hop_cap",
+        max_hops,
+        "done",
+    )
+    # The human granted 4 more hops once, then accepted the partial result.
+    assert (escalated["stopped by"], int(escalated["hops"]), escalated["status"]) == (
+        "hop_cap",
+        max_hops + 4,
+        "done",
+    )
+    assert rolled["status"] == "finished"
+
+
+def _json_runs(out: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    report = json.loads(out.strip().splitlines()[-1])
+    runs = {r["name"]: {**r, "stopped by": r["stopped_by"]} for r in report["runs"]}
+    return report, runs
+
+
+def _main(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """One ``demo --json`` run, shared by the runs/show tests: (db, runs by name)."""
+    db = tmp_path_factory.mktemp("cli") / "demo.sqlite"
+    code, out = _main(["demo", "--db", str(db), "--json"])
+    assert code == 0
+    return db, _json_runs(out)[1]
+
+
+def test_demo_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "demo.sqlite"
+    assert main(["demo", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    _check_facts(_table(out))
+    assert db.exists()
+    assert f"sanegraph runs --db {db}" in out
+
+
+def test_demo_json(demo: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    _, runs = demo
+    _check_facts(runs)
+    assert runs["guarded"]["thread_id"] == runs["rolled back"]["thread_id"]
+    assert runs["guarded"]["result"] is not None  # the owner kept a partial result
+
+
+def test_demo_json_prints_one_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--db", str(tmp_path / "p.sqlite"), "--graph", "parallel", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1
+    report, runs = _json_runs(out)
+    assert (report["graph"], report["max_hops"]) == ("parallel", 12)
+    _check_facts(runs)
+
+
+def test_demo_max_hops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "demo.sqlite"
+    assert main(["demo", "--db", str(db), "--max-hops", "6", "--json"]) == 0
+    _check_facts(_json_runs(capsys.readouterr().out)[1], max_hops=6)
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--db", str(db), "--max-hops", "1"])
+    assert exc.value.code == 2
+    assert "--max-hops must be at least 2" in capsys.readouterr().err
+
+
+def test_runs_lists_the_threads(
+    demo: tuple[Path, dict[str, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, runs = demo
+    assert main(["runs", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert re.split(r"\s{2,}", lines[0].strip()) == [
+        "thread",
+        "status",
+        "hops",
+        "trips",
+        "last trip",
+    ]
+    listed = {line.split()[0]: line.split() for line in lines[1:]}
+    threads = {r["thread_id"] for r in runs.values()}
+    assert set(listed) == threads
+    assert listed[runs["escalated"]["thread_id"]][1:] == ["done", "16", "2", "hop_cap"]
+
+    assert main(["runs", "--db", str(db), "--json"]) == 0
+    summaries = {t["thread_id"]: t for t in json.loads(capsys.readouterr().out)}
+    assert set(summaries) == threads
+    escalated = summaries[runs["escalated"]["thread_id"]]
+    assert (escalated["status"], escalated["hops"], escalated["trips"]) == ("done", 16, 2)
+    assert escalated["outcome"]["status"] == "partial"
+    rolled = summaries[runs["rolled back"]["thread_id"]]
+    assert (rolled["hops"], rolled["rollbacks"]) == (14, 1)
+
+
+def test_show_prints_the_ledger(
+    demo: tuple[Path, dict[str, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, runs = demo
+    thread = runs["escalated"]["thread_id"]
+    assert main(["show", thread, "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"thread     {thread}\n" in out
+    assert "status     done\n" in out
+    assert "hops       16 (researcher=8, analyst=8)\n" in out
+    assert "last trip  hop_cap: The next hop would exceed max_hops=16 (hops=16" in out
+    assert f"outcome    partial: {runs['escalated']['result']!r}\n" in out
+    assert "analyst      partial - I need more context" in out
+
+    assert main(["show", thread, "--db", str(db), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["thread_id"], summary["status"], summary["hops"]) == (thread, "done", 16)
+    assert summary["by_agent"] == {"researcher": 8, "analyst": 8}
+
+
+def test_show_unknown_thread(
+    demo: tuple[Path, dict[str, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _ = demo
+    assert main(["show", "no-such-thread", "--db", str(db)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"sanegraph: no thread 'no-such-thread' in {db}. `sanegraph runs` lists them.\n"
+    )
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "t1"]], ids=["runs", "show"])
+def test_missing_database(tmp_path: Path, command: list[str]) -> None:
+    db = tmp_path / "missing.sqlite"
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--db", str(db)])
+    assert exc.value.code == (
+        f"sanegraph: no such file: {db}. Run `sanegraph demo` first, or pass --db."
+    )
+    assert not db.exists()
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).with_name("sanegraph")
+    assert script.exists(), f"no console script next to {sys.executable}: pip install -e ."
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: sanegraph")
+    for command in ("demo", "runs", "show"):
+        assert command in proc.stdout
