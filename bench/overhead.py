@@ -1,0 +1,128 @@
+"""Per-step cost of guarding: a 1,000-step graph, plain vs with ``guarded`` nodes.
+
+Both graphs loop one node 1,000 times. The plain node returns its state update; the
+guarded node wraps the same work and also returns an envelope, and its edge is a
+``guard_route``. Each configuration runs ``--rounds`` times, plain and guarded
+interleaved so that machine noise hits both alike; the figure is the median per-step
+time, and the ratio is guarded / plain.
+
+Targets (issue 2): guarded/plain <= 1.10 without a checkpointer, <= 1.05 with SqliteSaver.
+
+Usage: python bench/overhead.py [--steps 1000] [--rounds 7] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from sanegraph.guards import GuardedState, GuardPolicy, guard_route, guarded, task_owner
+
+
+class PlainState(TypedDict):
+    n: int
+
+
+class GuardedLoopState(GuardedState, total=False):
+    n: int
+
+
+def build(kind: str, steps: int, saver: Any) -> Any:
+    def again(state: Any) -> Literal["step", "__end__"]:
+        return "step" if state["n"] < steps else END
+
+    if kind == "plain":
+
+        def step(state: PlainState) -> dict[str, Any]:
+            return {"n": state["n"] + 1}
+
+        builder: Any = StateGraph(PlainState)
+        builder.add_node("step", step)
+        builder.add_conditional_edges("step", again)
+    else:
+
+        def work(state: GuardedLoopState) -> dict[str, Any]:
+            n = state["n"] + 1
+            return {"n": n, "envelope": {"status": "success", "result": n}}
+
+        policy = GuardPolicy(hops=steps + 1)
+        builder = StateGraph(GuardedLoopState)
+        builder.add_node("step", guarded(work, policy, name="step"))
+        builder.add_node("owner", task_owner(policy), destinations=(END,))
+        builder.add_conditional_edges("step", guard_route(again))
+    builder.add_edge(START, "step")
+    return builder.compile(checkpointer=saver)
+
+
+def per_step_us(kind: str, steps: int, saver_kind: str, folder: Path, round_no: int) -> float:
+    saver = None
+    conn = None
+    if saver_kind == "sqlite":
+        conn = sqlite3.connect(folder / f"{kind}-{round_no}.db", check_same_thread=False)
+        saver = SqliteSaver(conn)
+    graph = build(kind, steps, saver)
+    config: dict[str, Any] = {"configurable": {"thread_id": "bench"}, "recursion_limit": steps + 10}
+    options = {"durability": "sync"} if saver is not None else {}
+    start = time.perf_counter()
+    graph.invoke({"n": 0}, config, **options)
+    elapsed = time.perf_counter() - start
+    if conn is not None:
+        conn.close()
+    return elapsed / steps * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
+    args = parser.parse_args()
+
+    figures: dict[str, Any] = {"steps": args.steps, "rounds": args.rounds}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for saver_kind in ("none", "sqlite"):
+            samples: dict[str, list[float]] = {"plain": [], "guarded": []}
+            per_step_us("plain", 50, saver_kind, folder, -1)  # warm imports and caches
+            per_step_us("guarded", 50, saver_kind, folder, -2)
+            for round_no in range(args.rounds):
+                order = ("plain", "guarded") if round_no % 2 == 0 else ("guarded", "plain")
+                for kind in order:
+                    samples[kind].append(
+                        per_step_us(kind, args.steps, saver_kind, folder, round_no)
+                    )
+            plain = statistics.median(samples["plain"])
+            guarded_us = statistics.median(samples["guarded"])
+            figures[saver_kind] = {
+                "plain_us_per_step": round(plain, 1),
+                "guarded_us_per_step": round(guarded_us, 1),
+                "ratio": round(guarded_us / plain, 3),
+            }
+
+    targets = {"none": 1.10, "sqlite": 1.05}
+    print(
+        f"{'checkpointer':<14}{'plain µs/step':>15}{'guarded µs/step':>17}{'ratio':>8}{'target':>8}"
+    )
+    for saver_kind, label in (("none", "none"), ("sqlite", "SqliteSaver")):
+        f = figures[saver_kind]
+        print(
+            f"{label:<14}{f['plain_us_per_step']:>15}{f['guarded_us_per_step']:>17}"
+            f"{f['ratio']:>8}{'<= ' + str(targets[saver_kind]):>8}"
+        )
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
