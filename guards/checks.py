@@ -6,6 +6,7 @@ on a trip, so they can be tested with a hand-built ledger.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .envelope import Envelope
@@ -106,13 +107,16 @@ def check_deadline(ledger: Ledger, budget: Budget | None, agent: str, now: float
 
 
 def check_envelope(
-    envelope: Envelope[Any],
+    envelope: Envelope[Any] | Mapping[str, Any],
     error: str | None,
     policy: EnvelopePolicy,
     agent: str,
     hops: int,
 ) -> Trip | None:
-    """Trip on an invalid envelope, or on a confidence below ``min_confidence``."""
+    """Trip on an invalid envelope, or on a confidence below ``min_confidence``.
+
+    ``envelope`` may be an :class:`Envelope` or its dict form (``envelope_to_dict``).
+    """
     if error is not None:
         return make_trip(
             "invalid_envelope",
@@ -126,18 +130,22 @@ def check_envelope(
             scope="agent",
         )
     gate = policy.min_confidence
-    if gate is not None and envelope.status != "failed":
-        confidence = envelope.confidence
-        if confidence is None or confidence < gate:
-            return make_trip(
-                "low_confidence",
-                f"{agent!r} answered with confidence={confidence} below "
-                f"min_confidence={gate}. Lower EnvelopePolicy.min_confidence, or let a "
-                "human review the result.",
-                limit=gate,
-                observed=confidence,
-                agent=agent,
-                hops=hops,
-                scope="agent",
-            )
+    if gate is None:
+        return None
+    if isinstance(envelope, Envelope):
+        status, confidence = envelope.status, envelope.confidence
+    else:
+        status, confidence = envelope["status"], envelope["confidence"]
+    if status != "failed" and (confidence is None or confidence < gate):
+        return make_trip(
+            "low_confidence",
+            f"{agent!r} answered with confidence={confidence} below "
+            f"min_confidence={gate}. Lower EnvelopePolicy.min_confidence, or let a "
+            "human review the result.",
+            limit=gate,
+            observed=confidence,
+            agent=agent,
+            hops=hops,
+            scope="agent",
+        )
     return None

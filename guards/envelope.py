@@ -14,6 +14,7 @@ every checkpointer serializes them without an allow-list.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from langchain_core.messages import AIMessage
@@ -21,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, Validation
 
 from .errors import ConfigurationError
 
-__all__ = ("Envelope", "EnvelopeStatus", "coerce_envelope", "envelope_to_dict")
+__all__ = (
+    "Envelope",
+    "EnvelopeStatus",
+    "coerce_envelope",
+    "envelope_to_dict",
+    "plain_envelope_dict",
+)
 
 T = TypeVar("T")
 
@@ -327,3 +334,55 @@ def envelope_to_dict(env: Envelope[Any]) -> dict[str, Any]:
         ```
     """
     return env.model_dump(mode="json")
+
+
+_STATUSES = frozenset(("success", "partial", "failed"))
+_ENVELOPE_KEYS = frozenset(("status", "result", "confidence", "reason"))
+_SCALARS = (str, int, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """A JSON value that validation and a JSON dump would leave exactly as it is."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is list:
+        return all(type(v) in _SCALARS for v in value)
+    if kind is dict:
+        return all(type(k) is str and type(v) in _SCALARS for k, v in value.items())
+    return False
+
+
+def plain_envelope_dict(output: Any) -> dict[str, Any] | None:
+    """The fast path of ``envelope_to_dict(coerce_envelope(output)[0])`` for plain dicts.
+
+    Workers mostly return envelope dicts of plain JSON values. For those this builds the
+    stored dict directly, without a pydantic round trip (this runs on every guarded
+    step); for anything else (other types, coercion, typed results, errors) it returns
+    None and the caller takes the full path. A test checks that both paths agree.
+
+    Args:
+        output: What the worker returned.
+
+    Returns:
+        The JSON-ready envelope dict, or None to take the full path.
+    """
+    if type(output) is not dict or not output.keys() <= _ENVELOPE_KEYS:
+        return None
+    status = output.get("status")
+    if type(status) is not str or status not in _STATUSES:
+        return None
+    confidence = output.get("confidence")
+    if confidence is not None:
+        if type(confidence) not in (float, int) or not 0 <= confidence <= 1:
+            return None
+        confidence = float(confidence)
+    reason = output.get("reason", "")
+    if type(reason) is not str:
+        return None
+    result = output.get("result")
+    if not _plain(result):
+        return None
+    return {"status": status, "result": result, "confidence": confidence, "reason": reason}

@@ -197,6 +197,7 @@ def new_ledger() -> Ledger:
 
 
 _EMPTY: Ledger = new_ledger()
+_KEYS = len(_EMPTY)
 
 
 def read_ledger(state: Mapping[str, Any] | None) -> Ledger:
@@ -214,7 +215,7 @@ def read_ledger(state: Mapping[str, Any] | None) -> Ledger:
 
 def _complete(ledger: Mapping[str, Any]) -> Ledger:
     # A ledger written by an older version, or hand-built in a test, may lack keys.
-    if len(ledger) >= len(_EMPTY):
+    if len(ledger) >= _KEYS:
         return dict(ledger)  # type: ignore[return-value]
     full = new_ledger()
     full.update(ledger)  # type: ignore[typeddict-item]
@@ -323,32 +324,38 @@ def _insert(
     ledger the same whatever the order (the property the tests check), and trimming from
     the front then keeps the same entries too.
     """
-    k = item if key is None else key(item)
-    pos = len(seq)
-    low = pos - min(group, pos)
-    while pos > low and (seq[pos - 1] if key is None else key(seq[pos - 1])) > k:
-        pos -= 1
-    out = [*seq[:pos], item, *seq[pos:]]
-    if len(out) > cap:
-        del out[: len(out) - cap]
-    return out
+    n = len(seq)
+    if group:
+        k = item if key is None else key(item)
+        pos = n
+        low = n - min(group, n)
+        while pos > low and (seq[pos - 1] if key is None else key(seq[pos - 1])) > k:
+            pos -= 1
+        if pos < n:
+            out = [*seq[:pos], item, *seq[pos:]]
+            if len(out) > cap:
+                del out[: len(out) - cap]
+            return out
+    # The common case, a step alone in its superstep: append and trim.
+    return [*seq[n - cap + 1 :], item] if n >= cap else [*seq, item]
 
 
 def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
     out = _complete(current) if current else _fresh()
     agent = delta.get("agent")
-    parent = delta.get("parent")
-    group = out["step_group"]
+    g_window, g_recent, g_trips = out["step_group"]
     if "sane" in delta:
-        if not delta["sane"]:
-            out["faults"] = out["faults"] + 1
+        sane = delta["sane"]
+        parent = delta.get("parent")
+        if not sane:
+            out["faults"] += 1
         # All steps of one superstep run from the same parent checkpoint: AND them.
         if parent is not None and parent == out["step_parent"]:
-            out["step_sane"] = out["step_sane"] and delta["sane"]
+            out["step_sane"] = out["step_sane"] and sane
         else:
-            out["step_sane"] = delta["sane"]
+            out["step_sane"] = sane
             out["step_parent"] = parent
-            group = [0, 0, 0]
+            g_window = g_recent = g_trips = 0
     if "last_sane" in delta:
         out["last_sane"] = delta["last_sane"]
     now = delta.get("now")
@@ -358,35 +365,38 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
         out["window_size"] = delta["window_size"]
     if delta.get("reset_window"):
         out["window"] = []
-    if delta.get("hop"):
-        out["hops"] = out["hops"] + delta["hop"]
-        if agent is not None:
-            by_agent = dict(out["by_agent"])
-            by_agent[agent] = by_agent.get(agent, 0) + delta["hop"]
-            out["by_agent"] = by_agent
-    if "latency" in delta and agent is not None:
+    hop = delta.get("hop")
+    if hop and agent is not None:
+        out["hops"] += hop
+        by_agent = out["by_agent"].copy()
+        by_agent[agent] = by_agent.get(agent, 0) + hop
+        out["by_agent"] = by_agent
+    latency = delta.get("latency")
+    if latency is not None and agent is not None:
         # Whole microseconds: integer sums do not depend on the order of parallel steps.
-        latency = dict(out["latency_us"])
-        latency[agent] = latency.get(agent, 0) + round(delta["latency"] * 1e6)
-        out["latency_us"] = latency
-    if "fp" in delta and agent is not None:
-        out["window"] = _insert(out["window"], [agent, delta["fp"]], group[0], out["window_size"])
-        group = [group[0] + 1, group[1], group[2]]
-    if "record" in delta:
-        out["recent"] = _insert(out["recent"], delta["record"], group[1], MAX_RECENT, _record_key)
-        group = [group[0], group[1] + 1, group[2]]
+        spent = out["latency_us"].copy()
+        spent[agent] = spent.get(agent, 0) + round(latency * 1e6)
+        out["latency_us"] = spent
+    fp = delta.get("fp")
+    if fp is not None and agent is not None:
+        out["window"] = _insert(out["window"], [agent, fp], g_window, out["window_size"])
+        g_window += 1
+    record = delta.get("record")
+    if record is not None:
+        out["recent"] = _insert(out["recent"], record, g_recent, MAX_RECENT, _record_key)
+        g_recent += 1
     if "status" in delta:
         out["status"] = delta["status"]
     if "outcome" in delta:
         out["outcome"] = delta["outcome"]
     trip = delta.get("trip")
     if trip is not None:
-        out["trips"] = _insert(out["trips"], trip, group[2], MAX_TRIPS, _trip_key)
-        group = [group[0], group[1], group[2] + 1]
-        out["trip_count"] = out["trip_count"] + 1
+        out["trips"] = _insert(out["trips"], trip, g_trips, MAX_TRIPS, _trip_key)
+        g_trips += 1
+        out["trip_count"] += 1
         if out["status"] == "running":
             out["status"] = "tripped"
-    out["step_group"] = group
+    out["step_group"] = [g_window, g_recent, g_trips]
     if "grant" in delta:
         grants = dict(out["grants"])
         _add_counts(grants, delta["grant"], {})

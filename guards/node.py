@@ -21,7 +21,7 @@ from pydantic_core import PydanticSerializationError
 
 from ._fingerprint import digest
 from .checks import check_deadline, check_envelope, check_hops
-from .envelope import Envelope, coerce_envelope, envelope_to_dict
+from .envelope import Envelope, coerce_envelope, envelope_to_dict, plain_envelope_dict
 from .errors import ConfigurationError, GuardTripped
 from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, fold_ledger, read_ledger
 from .policy import GuardPolicy
@@ -144,34 +144,42 @@ class _Guard:
         latency: float,
     ) -> Any:
         source, update, command = _split(output)
-        if source is _MISSING:
-            error: str | None = _NO_ENVELOPE
-            envelope: Envelope[Any] = Envelope(status="failed", reason=f"invalid envelope: {error}")
-        else:
-            envelope, error = coerce_envelope(source, self.result_type)
-        try:
-            as_dict = envelope_to_dict(envelope)
-        except PydanticSerializationError as exc:
-            # State must survive any checkpointer: a result with no JSON form is unusable.
-            error = f"result has no JSON form ({exc})"
-            envelope = Envelope(status="failed", reason=f"invalid envelope: {error}")
-            as_dict = envelope_to_dict(envelope)
+        error: str | None = None
+        as_dict = plain_envelope_dict(source) if self.result_type is Any else None
+        if as_dict is None:
+            if source is _MISSING:
+                error = _NO_ENVELOPE
+                envelope: Envelope[Any] = Envelope(
+                    status="failed", reason=f"invalid envelope: {error}"
+                )
+            else:
+                envelope, error = coerce_envelope(source, self.result_type)
+            try:
+                as_dict = envelope_to_dict(envelope)
+            except PydanticSerializationError as exc:
+                # State must survive any checkpointer: a result with no JSON form is unusable.
+                error = f"result has no JSON form ({exc})"
+                as_dict = envelope_to_dict(
+                    Envelope(status="failed", reason=f"invalid envelope: {error}")
+                )
         hop = ledger["hops"] + 1
-        trip = check_envelope(envelope, error, self.policy.envelopes, agent, hop)
+        status = as_dict["status"]
+        confidence = as_dict["confidence"]
+        trip = check_envelope(as_dict, error, self.policy.envelopes, agent, hop)
         key = state.get(BRANCH_KEY) or agent
         record: EnvelopeRecord = {
             "agent": agent,
             "key": key,
             "hop": hop,
-            "status": envelope.status,
-            "confidence": envelope.confidence,
-            "reason": envelope.reason[:200],
+            "status": status,
+            "confidence": confidence,
+            "reason": as_dict["reason"][:200],
         }
         delta["hop"] = 1
         delta["latency"] = latency
         delta["fp"] = digest(as_dict)
         delta["record"] = record
-        delta["sane"] = trip is None and envelope.status != "failed"
+        delta["sane"] = trip is None and status != "failed"
         if trip is not None:
             _locate(trip, config, getattr(runtime, "execution_info", None))
             delta["trip"] = trip

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -535,3 +535,51 @@ def test_any_output_gives_an_envelope_and_never_raises(value: Any) -> None:
     got, error = coerce_envelope(value)
     if error is not None:
         assert got == Envelope(status="failed", reason=f"invalid envelope: {error}")
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5)
+)
+maybe_envelopes = st.dictionaries(
+    st.sampled_from(["status", "result", "confidence", "reason", "extra"]),
+    st.one_of(
+        json_scalars,
+        st.sampled_from(["success", "partial", "failed", "done"]),
+        st.lists(json_scalars, max_size=3),
+        st.dictionaries(st.text(max_size=3), json_scalars, max_size=3),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(output=maybe_envelopes)
+def test_the_fast_path_agrees_with_pydantic(output: dict[str, Any]) -> None:
+    from sanegraph.guards.envelope import plain_envelope_dict
+
+    fast = plain_envelope_dict(output)
+    if fast is None:
+        return  # the node takes the full path
+    envelope, error = coerce_envelope(output)
+    assert error is None
+    assert fast == envelope_to_dict(envelope)
+    assert list(fast) == list(envelope_to_dict(envelope))
+
+
+def test_the_fast_path_declines_what_needs_pydantic() -> None:
+    from sanegraph.guards.envelope import plain_envelope_dict
+
+    assert plain_envelope_dict({"status": "success", "result": 1}) == {
+        "status": "success",
+        "result": 1,
+        "confidence": None,
+        "reason": "",
+    }
+    for declined in (
+        {"status": "success", "confidence": "0.5"},  # coercion
+        {"status": "success", "confidence": True},
+        {"status": "done"},
+        {"status": "success", "result": {"a": {"b": 1}}},  # nested: full path
+        {"status": "success", "result": float("inf")},
+        {"status": "success", "extra": 1},
+    ):
+        assert plain_envelope_dict(declined) is None
