@@ -91,9 +91,9 @@ def _print_runs(threads: list[ThreadSummary]) -> None:
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(line.format(*head))
+    print(line.format(*head).rstrip())
     for row in rows:
-        print(line.format(*row))
+        print(line.format(*row).rstrip())
 
 
 def _print_show(summary: ThreadSummary) -> None:

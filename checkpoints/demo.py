@@ -318,9 +318,9 @@ def render(report: DemoReport) -> str:
         f"sanegraph demo: the researcher/analyst incident ({report.graph} graph, "
         f"max_hops={report.max_hops}, scripted {MODEL})",
         "",
-        line.format(*head),
+        line.format(*head).rstrip(),
         line.format(*("-" * w for w in widths)),
-        *(line.format(*row) for row in rows),
+        *(line.format(*row).rstrip() for row in rows),
         "",
     ]
     for run in report.runs:

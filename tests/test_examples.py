@@ -115,3 +115,15 @@ def test_quickstart_block_runs_alone(tmp_path: Path) -> None:
     proc = _run(script, tmp_path / "readme.sqlite")
     _check_clean(proc)
     _quickstart_outcome(proc.stdout)
+
+
+def test_the_readme_quickstart_is_the_example() -> None:
+    """README.md shows the quickstart example's code (imports aside), line for line."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    example = (root / "examples" / "quickstart.py").read_text()
+    section = example.split("# --- quickstart ---", 1)[1].split("# --- end ---", 1)[0]
+    shown = [line for line in block.strip().splitlines() if line.strip()]
+    assert shown, "the README has no quickstart code block"
+    assert "\n".join(shown) in "\n".join(line for line in section.splitlines() if line.strip())
