@@ -148,3 +148,10 @@ def result_types(value: Any, names: Sequence[str], *, kind: str) -> dict[str, An
             f"{known}."
         )
     return {name: value.get(name, Any) for name in names}
+
+
+def check_option(fn: str, name: str, value: Any, options: Sequence[str]) -> None:
+    """Raise a fix-it ConfigurationError if ``value`` is not one of ``options``."""
+    if value not in options:
+        listed = ", ".join(repr(o) for o in options)
+        raise ConfigurationError(f"{fn}({name}={value!r}) is not an option. Pass one of {listed}.")

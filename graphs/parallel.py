@@ -44,7 +44,14 @@ from sanegraph.guards import (
     read_ledger,
 )
 
-from ._common import agent_pairs, check_agent, check_node_name, result_types, schema_hints
+from ._common import (
+    agent_pairs,
+    check_agent,
+    check_node_name,
+    check_option,
+    result_types,
+    schema_hints,
+)
 from .owner import add_task_owner
 
 __all__ = (
@@ -383,11 +390,7 @@ def parallel_graph(
     """
     fn = "parallel_graph"
     pol = GuardPolicy.coerce(policy)
-    if on_incomplete not in _AGGREGATE_INCOMPLETE:
-        options = ", ".join(repr(o) for o in _AGGREGATE_INCOMPLETE)
-        raise ConfigurationError(
-            f"{fn}(on_incomplete={on_incomplete!r}) is not an option. Pass one of {options}."
-        )
+    check_option(fn, "on_incomplete", on_incomplete, _AGGREGATE_INCOMPLETE)
     pairs = agent_pairs(
         workers, fn=fn, kind="worker", example="{'researcher': researcher, 'writer': writer}"
     )

@@ -15,7 +15,6 @@ from langgraph.graph import END, START
 from langgraph.graph.message import add_messages
 
 from sanegraph.guards import (
-    ConfigurationError,
     GuardedState,
     GuardedStateGraph,
     GuardPolicy,
@@ -23,7 +22,7 @@ from sanegraph.guards import (
     guarded,
 )
 
-from ._common import agent_pairs, check_node_name, result_types, schema_hints
+from ._common import agent_pairs, check_node_name, check_option, result_types, schema_hints
 from .owner import add_task_owner
 
 __all__ = ("OnIncomplete", "SequentialState", "sequential_graph")
@@ -139,11 +138,7 @@ def sequential_graph(
     """
     fn = "sequential_graph"
     pol = GuardPolicy.coerce(policy)
-    if on_incomplete not in _ON_INCOMPLETE:
-        options = ", ".join(repr(o) for o in _ON_INCOMPLETE)
-        raise ConfigurationError(
-            f"{fn}(on_incomplete={on_incomplete!r}) is not an option. Pass one of {options}."
-        )
+    check_option(fn, "on_incomplete", on_incomplete, _ON_INCOMPLETE)
     pairs = agent_pairs(
         stages,
         fn=fn,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,21 +10,18 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+from sanegraph.checkpoints import async_sqlite_saver, sqlite_saver
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseCheckpointSaver[Any]]:
-    """A sync-capable checkpointer: InMemorySaver, then SqliteSaver on a file."""
+    """A sync-capable checkpointer: InMemorySaver, then SqliteSaver on a file (WAL)."""
     if request.param == "memory":
         yield InMemorySaver()
         return
-    conn = sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False)
-    try:
-        yield SqliteSaver(conn)
-    finally:
-        conn.close()
+    with sqlite_saver(tmp_path / "runs" / "checkpoints.sqlite") as sqlite:
+        yield sqlite
 
 
 @pytest.fixture(params=["memory", "async-sqlite"])
@@ -36,7 +32,7 @@ async def async_saver(
     if request.param == "memory":
         yield InMemorySaver()
         return
-    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "checkpoints.db")) as aio:
+    async with async_sqlite_saver(tmp_path / "runs" / "checkpoints.sqlite") as aio:
         yield aio
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +14,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from syrupy.assertion import SnapshotAssertion
 
-import sanegraph.graphs as graphs
 from sanegraph.graphs import (
     SequentialState,
     add_task_owner,
@@ -1000,26 +997,3 @@ def test_parallel_mermaid(snapshot: SnapshotAssertion) -> None:
 def test_parallel_again_mermaid(snapshot: SnapshotAssertion) -> None:
     builder = parallel_graph({"researcher": ok}, ("analyst", ok), on_incomplete="again")
     assert builder.compile().get_graph().draw_mermaid(with_styles=False) == snapshot
-
-
-def test_every_public_name_has_a_docstring() -> None:
-    documented_aliases: set[str] = set()
-    for module in (graphs.sequential, graphs.parallel, graphs.owner):
-        tree = ast.parse(inspect.getsource(module))
-        documented_aliases |= {
-            target.id
-            for node, after in zip(tree.body, tree.body[1:], strict=False)
-            if isinstance(node, ast.Assign)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-            for target in node.targets
-            if isinstance(target, ast.Name)
-        }
-    assert isinstance(graphs.__all__, tuple)
-    for name in graphs.__all__:
-        obj = getattr(graphs, name)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            assert obj.__doc__ and "Example:" in obj.__doc__, name
-        else:
-            assert name in documented_aliases, name

@@ -7,18 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START
 from langgraph.types import Command, Send, interrupt
 
-from sanegraph.checkpoints import async_sqlite_saver, sqlite_saver
 from sanegraph.guards import (
     GuardedState,
     GuardedStateGraph,
@@ -33,26 +29,6 @@ from sanegraph.guards import (
 
 WORKER = Path(__file__).with_name("_restart_worker.py")
 CONFIG: RunnableConfig = {"configurable": {"thread_id": "t1"}}
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseCheckpointSaver[Any]]:
-    if request.param == "memory":
-        yield InMemorySaver()
-    else:
-        with sqlite_saver(tmp_path / "checkpoints.sqlite") as sqlite:
-            yield sqlite
-
-
-@pytest.fixture(params=["memory", "async_sqlite"])
-async def asaver(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[BaseCheckpointSaver[Any]]:
-    if request.param == "memory":
-        yield InMemorySaver()
-    else:
-        async with async_sqlite_saver(tmp_path / "checkpoints.sqlite") as sqlite:
-            yield sqlite
 
 
 def _worker(*args: str) -> subprocess.CompletedProcess[str]:
@@ -160,8 +136,10 @@ def test_counts_survive_interrupt_and_resume(saver: BaseCheckpointSaver[Any]) ->
     assert done["answers"] == ["yes"]
 
 
-async def test_counts_survive_interrupt_and_resume_async(asaver: BaseCheckpointSaver[Any]) -> None:
-    graph = _loop_graph(asaver, is_async=True)
+async def test_counts_survive_interrupt_and_resume_async(
+    async_saver: BaseCheckpointSaver[Any],
+) -> None:
+    graph = _loop_graph(async_saver, is_async=True)
 
     paused = await graph.ainvoke({"todo": 20, "ask_at": 4}, CONFIG)
     assert read_ledger(paused)["hops"] == 3
@@ -183,9 +161,9 @@ def test_re_invoking_a_finished_thread_keeps_counting(saver: BaseCheckpointSaver
 
 
 async def test_re_invoking_a_finished_thread_keeps_counting_async(
-    asaver: BaseCheckpointSaver[Any],
+    async_saver: BaseCheckpointSaver[Any],
 ) -> None:
-    graph = _loop_graph(asaver, is_async=True)
+    graph = _loop_graph(async_saver, is_async=True)
 
     await graph.ainvoke({"todo": 5, "done": 0}, CONFIG)
     second = await graph.ainvoke({"todo": 5, "done": 0}, CONFIG)

@@ -6,7 +6,7 @@ import asyncio
 import operator
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -85,26 +85,6 @@ class Team:
         return [str(call[-1].content) for call in model.calls]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseCheckpointSaver[Any]]:
-    if request.param == "memory":
-        yield InMemorySaver()
-    else:
-        with sqlite_saver(tmp_path / "runs" / "checkpoints.sqlite") as sqlite:
-            yield sqlite
-
-
-@pytest.fixture(params=["memory", "async_sqlite"])
-async def asaver(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[BaseCheckpointSaver[Any]]:
-    if request.param == "memory":
-        yield InMemorySaver()
-    else:
-        async with async_sqlite_saver(tmp_path / "checkpoints.sqlite") as sqlite:
-            yield sqlite
-
-
 CONFIG: RunnableConfig = {"configurable": {"thread_id": "t1"}}
 
 
@@ -166,10 +146,10 @@ def test_rollback_reruns_the_analyst_from_the_last_sane_checkpoint(
 
 
 async def test_arollback_reruns_the_analyst_from_the_last_sane_checkpoint(
-    asaver: BaseCheckpointSaver[Any],
+    async_saver: BaseCheckpointSaver[Any],
 ) -> None:
     team = Team(is_async=True)
-    graph = team.builder.compile(checkpointer=asaver)
+    graph = team.builder.compile(checkpointer=async_saver)
 
     failed = await graph.ainvoke({"topic": "tides"}, CONFIG)
     assert read_ledger(failed)["status"] == "done"
@@ -374,15 +354,15 @@ def test_parallel_producers_are_all_replayed() -> None:
     assert read_ledger(done)["hops"] == 3
 
 
+def fan_out(state: Flow) -> Any:
+    """Two worker branches on the topic (or the owner, once tripped)."""
+    if is_tripped(state):
+        return "owner"
+    return guard_sends(state, [Send("worker", {"task": f"{state['topic']}{i}"}) for i in (1, 2)])
+
+
 def test_after_a_send_fan_in_the_fork_goes_to_the_aggregator() -> None:
     fail = {"agg"}
-
-    def fan_out(state: Flow) -> Any:
-        if is_tripped(state):
-            return "owner"
-        return guard_sends(
-            state, [Send("worker", {"task": f"{state['topic']}{i}"}) for i in (1, 2)]
-        )
 
     builder = GuardedStateGraph(Flow)
     builder.add_node("plan", guarded(_worker("plan", fail)))
@@ -403,13 +383,6 @@ def test_after_a_send_fan_in_the_fork_goes_to_the_aggregator() -> None:
 
 def test_rolling_back_to_a_fan_out_sends_again_from_the_patched_state() -> None:
     fail = {"worker"}
-
-    def fan_out(state: Flow) -> Any:
-        if is_tripped(state):
-            return "owner"
-        return guard_sends(
-            state, [Send("worker", {"task": f"{state['topic']}{i}"}) for i in (1, 2)]
-        )
 
     builder = GuardedStateGraph(Flow)
     builder.add_node("plan", guarded(_worker("plan", fail)))

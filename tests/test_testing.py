@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import re
 import threading
@@ -573,23 +571,3 @@ def test_envelope_messages_read_as_envelopes() -> None:
     assert coerce_envelope(as_call)[1] is None
     assert coerce_envelope(as_json)[0].model_dump() == json.loads(str(as_json.content))
     assert coerce_envelope(as_call)[0].model_dump() == as_call.tool_calls[0]["args"]
-
-
-def test_every_public_name_has_a_docstring() -> None:
-    tree = ast.parse(inspect.getsource(testing))
-    documented_aliases = {
-        target.id
-        for node, after in zip(tree.body, tree.body[1:], strict=False)
-        if isinstance(node, ast.Assign)
-        and isinstance(after, ast.Expr)
-        and isinstance(after.value, ast.Constant)
-        and isinstance(after.value.value, str)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
-    for name in testing.__all__:
-        obj = getattr(testing, name)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            assert obj.__doc__ and "Example:" in obj.__doc__, name
-        else:
-            assert name in documented_aliases, name
