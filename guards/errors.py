@@ -52,6 +52,14 @@ class GuardTripped(SanegraphError, RuntimeError):
         observed: The value that would have exceeded it.
         agent: The agent whose step tripped, if any.
         scope: Where the limit applies (``"thread"`` or ``"agent"``).
+
+    Example:
+        ```python
+        try:
+            graph.invoke(inputs, config)  # with OwnerPolicy(on_trip="raise")
+        except GuardTripped as trip:
+            print(trip.kind, trip.limit, trip.observed, trip.agent)
+        ```
     """
 
     kind: str = "guard"

@@ -64,7 +64,14 @@ MAX_TRIPS = 16
 
 
 class Trip(TypedDict):
-    """One guard trip, as recorded in the ledger and shown to the owner."""
+    """One guard trip, as recorded in the ledger and shown to the owner.
+
+    Example:
+        ```python
+        for trip in read_ledger(state)["trips"]:
+            print(trip["kind"], trip["agent"], trip["observed"], ">", trip["limit"])
+        ```
+    """
 
     kind: str
     """``"hop_cap"``, ``"deadline"``, ``"invalid_envelope"``, ``"low_confidence"``..."""
@@ -103,6 +110,12 @@ class Ledger(TypedDict, total=False):
 
     Every key is always present once the first delta has been folded (see
     :func:`new_ledger`); a fresh channel is the empty dict.
+
+    Example:
+        ```python
+        ledger = read_ledger(graph.get_state(config).values)
+        print(ledger["hops"], ledger["by_agent"], ledger["status"], ledger["last_sane"])
+        ```
     """
 
     v: int

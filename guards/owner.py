@@ -54,7 +54,13 @@ class ContinueRun(BaseModel):
 
 
 class AcceptPartial(BaseModel):
-    """Human decision: finish the run with the best partial result."""
+    """Human decision: finish the run with the best partial result.
+
+    Example:
+        ```python
+        graph.invoke(Command(resume={"action": "accept_partial", "note": "good enough"}), config)
+        ```
+    """
 
     model_config = ConfigDict(extra="forbid")
     action: Literal["accept_partial"] = "accept_partial"
@@ -62,7 +68,13 @@ class AcceptPartial(BaseModel):
 
 
 class AbortRun(BaseModel):
-    """Human decision: abort the run."""
+    """Human decision: abort the run.
+
+    Example:
+        ```python
+        graph.invoke(Command(resume={"action": "abort", "reason": "wrong topic"}), config)
+        ```
+    """
 
     model_config = ConfigDict(extra="forbid")
     action: Literal["abort"] = "abort"
@@ -76,7 +88,12 @@ Decision = Annotated[ContinueRun | AcceptPartial | AbortRun, Field(discriminator
 class Escalation(BaseModel):
     """What the owner shows a human when it escalates a trip (the ``interrupt`` value).
 
-    Read it back with ``Escalation.model_validate(snapshot.interrupts[0].value)``.
+    Example:
+        ```python
+        snapshot = graph.get_state(config)
+        escalation = Escalation.model_validate(snapshot.interrupts[0].value)
+        print(escalation.kind, escalation.observed, escalation.limit, escalation.options)
+        ```
     """
 
     kind: str
@@ -84,12 +101,17 @@ class Escalation(BaseModel):
     message: str
     """What tripped, the limit, the observed value, where, and the remedy."""
     agent: str | None
+    """The agent whose step tripped."""
     limit: Any
+    """The maximum allowed."""
     observed: Any
+    """The value that would have exceeded it."""
     hops: int
     """Agent steps so far."""
     by_agent: dict[str, int]
+    """Agent steps so far, per agent."""
     elapsed_seconds: float | None
+    """Wall-clock seconds since the thread's first guarded step."""
     recent: list[dict[str, Any]]
     """The last envelope records (agent, status, confidence, reason), oldest first."""
     options: list[str]

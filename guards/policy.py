@@ -143,6 +143,11 @@ class EnvelopePolicy:
     becomes a ``failed`` envelope and an ``invalid_envelope`` trip. With
     ``min_confidence`` set, a ``success`` or ``partial`` envelope whose confidence is
     below it (or missing) trips ``low_confidence``: a worker proposes, the owner decides.
+
+    Example:
+        ```python
+        GuardPolicy(envelopes=EnvelopePolicy(min_confidence=0.7), owner="escalate")
+        ```
     """
 
     min_confidence: float | None = None
