@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sanegraph.checkpoints import sqlite_saver
 from sanegraph.graphs import branch_envelopes, parallel_graph
-from sanegraph.guards import GuardPolicy, read_ledger
+from sanegraph.guards import GuardPolicy, envelopes_of, read_ledger
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
 db = sys.argv[1] if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "parallel.sqlite"
@@ -47,4 +47,4 @@ with sqlite_saver(db) as saver:
     state = graph.invoke({"tasks": ["EMEA", "APAC"]}, config)
     print(f"hops={read_ledger(state)['hops']} (6 branches + the aggregate)")
     print("aggregate envelope:")
-    print(json.dumps(state["envelopes"]["aggregate"], indent=2))
+    print(json.dumps(envelopes_of(state)["aggregate"], indent=2))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sanegraph.checkpoints import rollback, sqlite_saver
 from sanegraph.graphs import sequential_graph
-from sanegraph.guards import GuardPolicy, outcome_of, read_ledger
+from sanegraph.guards import GuardPolicy, envelopes_of, outcome_of, read_ledger
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
 db = sys.argv[1] if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "sequential.sqlite"
@@ -53,4 +53,4 @@ with sqlite_saver(db) as saver:
     done = not fixed_graph.get_state(config).next and outcome_of(state) is None
     verdict = "finished" if done else "NOT finished"
     print(f"2. after rollback: {verdict}, hops={ledger['hops']}, rollbacks={ledger['rollbacks']}")
-    print(f"   task: {state['task']!r} -> writer: {state['envelopes']['writer']['result']!r}")
+    print(f"   task: {state['task']!r} -> writer: {envelopes_of(state)['writer']['result']!r}")

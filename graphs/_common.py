@@ -11,12 +11,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from langgraph.graph import END, START
 
-from sanegraph.guards import ConfigurationError, GuardPolicy, fold_ledger, merge_envelopes
+from sanegraph.guards import ConfigurationError, GuardPolicy, fold_ledger
 
 _RESERVED_CHARS = (":", "|")
 """Characters LangGraph reserves for namespaces (``NS_END``, ``NS_SEP``)."""
 
-_GUARD_KEYS = {"guard": fold_ledger, "envelopes": merge_envelopes}
+_GUARD_KEYS = {"guard": fold_ledger}
 """GuardedState's keys and the reducer each must keep."""
 
 
@@ -115,7 +115,7 @@ def schema_hints(schema: Any, *, fn: str) -> dict[str, Any]:
     if missing:
         keys = ", ".join(repr(k) for k in missing)
         raise ConfigurationError(
-            f"{fn}(state_schema={label}) lacks GuardedState's keys ({keys}). Declare it as "
+            f"{fn}(state_schema={label}) lacks GuardedState's {keys} key. Declare it as "
             f"class {label}(GuardedState, total=False): ... (from sanegraph.guards import "
             "GuardedState)."
         )

@@ -10,7 +10,8 @@ Branch keys are ``"<worker>[<i>]@<hop>"``: the *i*-th task of ``worker`` in the 
 that started when the thread's ledger counted ``<hop>`` hops. The hop count identifies
 the fan-out round, so envelopes left in the thread by an earlier round (another
 ``invoke`` on the same thread, or ``on_incomplete="again"``) are never mistaken for the
-current one's. Old rounds' envelopes stay in ``state["envelopes"]`` (state is history);
+current one's. Old rounds' envelopes stay in ``envelopes_of(state)`` (up to
+``MAX_ENVELOPES`` keys);
 each costs a hop, except the refused branches of the round that tripped, so the hop cap
 bounds how many pile up.
 """
@@ -36,7 +37,7 @@ from sanegraph.guards import (
     GuardedStateGraph,
     GuardPolicy,
     coerce_envelope,
-    envelope_to_dict,
+    envelopes_of,
     guard_route,
     guard_sends,
     guarded,
@@ -71,7 +72,7 @@ AggregateIncomplete = Literal["end", "again"]
 - ``"end"`` (default): end the run; the aggregate's envelope is the result, and no guard
   tripped (``outcome_of(state)`` is None).
 - ``"again"``: fan out again, a new round, from the state as it is now: workers find the
-  aggregate's envelope (and its ``reason``) in ``state["envelopes"]``, and the next
+  aggregate's envelope (and its ``reason``) in ``envelopes_of(state)``, and the next
   aggregate sees only the new round's branches. The hop cap bounds the rounds; its trip
   goes to the task owner.
 """
@@ -131,7 +132,7 @@ def branch_envelopes(
                     "reason": f"failed: {failed}" if failed else ""}
         ```
     """
-    envelopes: Mapping[str, Any] = state.get("envelopes") or {}
+    envelopes: Mapping[str, Any] = envelopes_of(state)
     branches: list[tuple[str, str, int, int]] = []
     for key in envelopes:
         match = _BRANCH.match(key)
@@ -207,18 +208,6 @@ def _fan_out(workers: Sequence[str], owner: str, tasks_key: str) -> Callable[[An
     return fan_out
 
 
-def _refusal(state: Mapping[str, Any], output: Any) -> Any:
-    """Give a branch the guard refused a ``failed`` envelope, so the round shows it."""
-    key = state.get(BRANCH_KEY)
-    if not key or not isinstance(output, dict) or "envelopes" in output:
-        return output
-    trip = (output.get("guard") or {}).get("trip")
-    if not trip:
-        return output
-    refused = Envelope[Any](status="failed", reason=f"not run: {trip['message']}")
-    return {**output, "envelopes": {key: envelope_to_dict(refused)}}
-
-
 def _wrap(
     node: Any, after: Callable[[Any, Any], Any], skip: Callable[[Any], bool] | None = None
 ) -> Any:
@@ -266,11 +255,6 @@ def _wrap(
     return wrapper
 
 
-def _branch_node(node: Any) -> Any:
-    """A worker node that records refused branches as failed envelopes."""
-    return _wrap(node, _refusal)
-
-
 def _gated_node(node: Any) -> Any:
     """An aggregate node that does nothing while a branch's trip is with the owner.
 
@@ -301,7 +285,7 @@ def _after_aggregate(
         if ledger["status"] == "tripped":
             return owner if ledger["trips"][-1].get("node") == name else END
         if again:
-            envelope = (state.get("envelopes") or {}).get(name)
+            envelope = envelopes_of(state).get(name)
             if envelope is None or envelope.get("status") != "success":
                 return _plan(state, names, tasks_key)
         return END
@@ -344,7 +328,7 @@ def parallel_graph(
 
     When every branch has finished, the aggregate runs once and reads the branches'
     envelopes, failures included, with :func:`branch_envelopes`. Its envelope
-    (``state["envelopes"][name]``) is the result of the run. A trip in any branch sends
+    (``envelopes_of(state)[name]``) is the result of the run. A trip in any branch sends
     the run to the task owner instead, and the aggregate does not run; if a human answers
     ``continue``, the run goes on to the aggregate with the branches as they are.
     After the aggregate the run ends, or with ``on_incomplete="again"`` fans out again
@@ -385,7 +369,7 @@ def parallel_graph(
         builder = parallel_graph({"web": search, "docs": search}, combine, policy=policy)
         graph = builder.compile(checkpointer=InMemorySaver())
         state = graph.invoke({"tasks": ["EMEA", "APAC"]}, config)
-        state["envelopes"]["aggregate"]  # the combined result
+        envelopes_of(state)["aggregate"]  # the combined result
         ```
     """
     fn = "parallel_graph"
@@ -420,7 +404,7 @@ def parallel_graph(
     owner = pol.owner_node
     for name, agent in pairs:
         node = guarded(agent, pol, name=name, result_type=types[name])
-        builder.add_node(name, _branch_node(node))
+        builder.add_node(name, node)
     agg_node = guarded(agg_agent, pol, name=agg_name, result_type=types[agg_name])
     builder.add_node(agg_name, _gated_node(agg_node))
     builder.add_conditional_edges(START, _fan_out(names, owner, tasks_key))

@@ -18,6 +18,7 @@ from sanegraph.guards import (
     GuardedState,
     GuardedStateGraph,
     GuardPolicy,
+    envelopes_of,
     guard_route,
     guarded,
 )
@@ -31,15 +32,15 @@ OnIncomplete = Literal["previous", "end", "next"]
 """Where a sequential graph goes after a stage whose envelope is ``partial`` or ``failed``.
 
 - ``"previous"`` (default): back to the previous stage, so it can supply what is missing
-  (it finds the later stage's envelope, with its ``reason``, in ``state["envelopes"]``).
+  (it finds the later stage's envelope, with its ``reason``, in ``envelopes_of(state)``).
   The first stage has no previous stage: after it the run ends, as with ``"end"``
   (running it again unchanged would only repeat it). The loop this allows, an analyst
   asking a researcher for "more context" again and again, is what the hop cap bounds:
   its trip goes to the task owner.
 - ``"end"``: end the run. No guard tripped, so the ledger status stays ``"running"`` and
-  ``outcome_of(state)`` is None; ``state["envelopes"][stage]`` says why it ended.
+  ``outcome_of(state)`` is None; ``envelopes_of(state)[stage]`` says why it ended.
 - ``"next"``: carry on to the next stage (``END`` after the last) with the incomplete
-  envelope in ``state["envelopes"]`` for it to read.
+  envelope in ``envelopes_of(state)`` for it to read.
 
 Whatever the option, a trip (hop cap, deadline, invalid envelope, low confidence) goes
 to the task owner.
@@ -68,7 +69,7 @@ def _stage_router(name: str, on_success: str, on_incomplete: str) -> Callable[[A
     """Route on the envelope ``name`` just wrote (a missing one counts as failed)."""
 
     def route(state: Any) -> str:
-        envelope = (state.get("envelopes") or {}).get(name)
+        envelope = envelopes_of(state).get(name)
         if envelope is not None and envelope.get("status") == "success":
             return on_success
         return on_incomplete
@@ -89,7 +90,7 @@ def sequential_graph(
     """Build a guarded graph that runs ``stages`` in order.
 
     Every stage is wrapped with :func:`~sanegraph.guards.guarded` under its name, and its
-    envelope is stored in ``state["envelopes"][name]``. After stage *i*:
+    envelope is stored in ``envelopes_of(state)[name]``. After stage *i*:
 
     - a trip goes to the task owner (``policy.owner_node``), which ends the run with the
       best partial result, aborts it, raises or escalates, as ``policy.owner`` says;

@@ -22,6 +22,7 @@ from .errors import (
 from .graph import DurableCompiledGraph, GuardedStateGraph
 from .ledger import (
     DEFAULT_WINDOW,
+    MAX_ENVELOPES,
     MAX_RECENT,
     MAX_TRIPS,
     EnvelopeRecord,
@@ -30,8 +31,8 @@ from .ledger import (
     RunStatus,
     StepDelta,
     Trip,
+    envelopes_of,
     fold_ledger,
-    merge_envelopes,
     new_ledger,
     read_ledger,
 )
@@ -52,6 +53,7 @@ from .route import guard_route, guard_sends, is_tripped
 __all__ = (
     "BRANCH_KEY",
     "DEFAULT_WINDOW",
+    "MAX_ENVELOPES",
     "MAX_RECENT",
     "MAX_TRIPS",
     "AbortRun",
@@ -88,13 +90,13 @@ __all__ = (
     "check_hops",
     "coerce_envelope",
     "envelope_to_dict",
+    "envelopes_of",
     "fold_ledger",
     "guard_route",
     "guard_sends",
     "guarded",
     "is_tripped",
     "make_trip",
-    "merge_envelopes",
     "new_ledger",
     "outcome_of",
     "read_ledger",

@@ -30,6 +30,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 __all__ = (
     "DEFAULT_WINDOW",
+    "MAX_ENVELOPES",
     "MAX_RECENT",
     "MAX_TRIPS",
     "EnvelopeRecord",
@@ -38,8 +39,8 @@ __all__ = (
     "RunStatus",
     "StepDelta",
     "Trip",
+    "envelopes_of",
     "fold_ledger",
-    "merge_envelopes",
     "new_ledger",
     "read_ledger",
 )
@@ -61,6 +62,10 @@ MAX_RECENT = 8
 
 MAX_TRIPS = 16
 """How many trip records the ledger keeps; ``trip_count`` counts them all."""
+
+MAX_ENVELOPES = 64
+"""How many envelope keys the ledger keeps (the newest envelope of each agent or parallel
+branch); past that the least recently written key is dropped."""
 
 
 class Trip(TypedDict):
@@ -132,6 +137,9 @@ class Ledger(TypedDict, total=False):
     """The last ``window_size`` step fingerprints, oldest first, as ``[agent, digest]``."""
     window_size: int
     """How many fingerprints ``window`` keeps."""
+    envelopes: dict[str, dict[str, Any]]
+    """The newest envelope of each agent (or parallel branch key), as a JSON-ready dict,
+    least recently written first; at most :data:`MAX_ENVELOPES` keys."""
     recent: list[EnvelopeRecord]
     """The last :data:`MAX_RECENT` envelope records, oldest first."""
     trips: list[Trip]
@@ -170,6 +178,8 @@ class StepDelta(TypedDict, total=False):
     latency: float
     fp: str
     record: EnvelopeRecord
+    envelope: list[Any]
+    """``[key, envelope dict]``: the step's envelope, stored under its key."""
     sane: bool
     parent: str | None
     trip: Trip
@@ -192,6 +202,7 @@ def new_ledger() -> Ledger:
         "latency_us": {},
         "window": [],
         "window_size": DEFAULT_WINDOW,
+        "envelopes": {},
         "recent": [],
         "trips": [],
         "trip_count": 0,
@@ -250,6 +261,7 @@ def _snapshot(ledger: Mapping[str, Any]) -> dict[str, Any]:
         "trip_count": ledger["trip_count"],
         "grants": dict(ledger["grants"]),
         "faults": ledger["faults"],
+        "envelopes": dict(ledger["envelopes"]),
     }
 
 
@@ -268,6 +280,10 @@ def _merge_child(current: Ledger, child: Mapping[str, Any]) -> Ledger:
     grants = dict(out["grants"])
     _add_counts(grants, child.get("grants", {}), base.get("grants", {}))
     out["grants"] = grants
+    known = base.get("envelopes", {})
+    changed = {k: v for k, v in child["envelopes"].items() if known.get(k) != v}
+    if changed:
+        out["envelopes"] = _put_envelopes(out["envelopes"], changed)
     if added_hops > 0:
         size = out["window_size"]
         out["window"] = (out["window"] + child["window"][-added_hops:])[-size:]
@@ -310,6 +326,19 @@ def _fresh(depth: int | None = None) -> Ledger:
     ledger["depth"] = _level() if depth is None else depth
     ledger["base"] = _snapshot(ledger)
     return ledger
+
+
+def _put_envelopes(
+    current: dict[str, dict[str, Any]], new: Mapping[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    out = dict(current)
+    for key, envelope in new.items():
+        out.pop(key, None)  # re-insert: the dict's order is the order of last writes
+        out[key] = envelope
+    if len(out) > MAX_ENVELOPES:
+        for key in list(out)[: len(out) - MAX_ENVELOPES]:
+            del out[key]
+    return out
 
 
 def _record_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -394,6 +423,16 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
     if fp is not None and agent is not None:
         out["window"] = _insert(out["window"], [agent, fp], g_window, out["window_size"])
         g_window += 1
+    envelope = delta.get("envelope")
+    if envelope is not None:
+        key, value = envelope
+        envelopes = out["envelopes"]
+        if key in envelopes or len(envelopes) >= MAX_ENVELOPES:
+            out["envelopes"] = _put_envelopes(envelopes, {key: value})
+        else:
+            envelopes = envelopes.copy()
+            envelopes[key] = value
+            out["envelopes"] = envelopes
     record = delta.get("record")
     if record is not None:
         out["recent"] = _insert(out["recent"], record, g_recent, MAX_RECENT, _record_key)
@@ -464,15 +503,15 @@ def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
     return _apply(current or {}, update)
 
 
-def merge_envelopes(
-    current: dict[str, dict[str, Any]] | None, update: Mapping[str, dict[str, Any]] | None
-) -> dict[str, dict[str, Any]]:
-    """The ``envelopes`` channel's reducer: the newest envelope per agent or branch key."""
-    if not update:
-        return current if current is not None else {}
-    if not current:
-        return dict(update)
-    return {**current, **update}
+def envelopes_of(state: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The newest envelope of each agent (or parallel branch key), as JSON-ready dicts.
+
+    Example:
+        ```python
+        envelopes_of(state)["analyst"]["status"]  # "partial"
+        ```
+    """
+    return read_ledger(state)["envelopes"]
 
 
 class GuardedState(TypedDict, total=False):
@@ -489,6 +528,5 @@ class GuardedState(TypedDict, total=False):
     """
 
     guard: Annotated[Ledger, fold_ledger]
-    """The ledger (see :class:`Ledger`), folded from per-step deltas."""
-    envelopes: Annotated[dict[str, dict[str, Any]], merge_envelopes]
-    """The newest envelope of each agent (or parallel branch), as a JSON-ready dict."""
+    """The ledger (see :class:`Ledger`), folded from per-step deltas. One channel on
+    purpose: LangGraph's cost per written channel is a large part of a step's."""

@@ -183,18 +183,22 @@ class _Guard:
         if trip is not None:
             _locate(trip, config, getattr(runtime, "execution_info", None))
             delta["trip"] = trip
-        return self._write(update, delta, {key: as_dict}, command)
+        delta["envelope"] = [key, as_dict]
+        return self._write(update, delta, command)
 
-    def refused(self, delta: StepDelta) -> dict[str, Any]:
+    def refused(self, state: Mapping[str, Any], delta: StepDelta) -> dict[str, Any]:
+        branch = state.get(BRANCH_KEY)
+        if branch:
+            # A parallel branch the guard refused still shows in its round, as failed.
+            trip = delta["trip"]
+            reason = f"not run: {trip['message']}"
+            delta["envelope"] = [
+                branch,
+                {"status": "failed", "result": None, "confidence": None, "reason": reason},
+            ]
         return {"guard": delta}
 
-    def _write(
-        self,
-        update: dict[str, Any],
-        delta: StepDelta,
-        envelopes: dict[str, Any],
-        command: Command[Any] | None,
-    ) -> Any:
+    def _write(self, update: dict[str, Any], delta: StepDelta, command: Command[Any] | None) -> Any:
         child = update.get("guard")
         if isinstance(child, dict) and "v" in child:
             # The agent is a guarded subgraph that handed back its ledger: add this step
@@ -202,8 +206,6 @@ class _Guard:
             update["guard"] = fold_ledger(child, delta)  # type: ignore[arg-type]
         else:
             update["guard"] = delta
-        inner = update.get("envelopes")
-        update["envelopes"] = {**inner, **envelopes} if isinstance(inner, dict) else envelopes
         if command is None:
             return update
         goto = command.goto
@@ -251,8 +253,8 @@ def guarded(
     would exceed either, the agent does not run and the trip is recorded. After it runs,
     its output is coerced to an :class:`~sanegraph.guards.Envelope` (validated against
     ``result_type``), and the hop, latency, fingerprint and envelope status are written
-    to the ledger as one delta. The envelope is stored in ``state["envelopes"]`` under
-    the agent's name (or the branch key of a ``Send``).
+    to the ledger as one delta. The envelope is kept in the ledger under the agent's name
+    (or the branch key of a ``Send``): read it with ``envelopes_of(state)``.
 
     The agent may be sync or async, take ``state`` and optionally ``config`` and
     ``runtime``, or be a Runnable (a compiled subgraph, a chain). It may return an
@@ -287,7 +289,7 @@ def guarded(
     def run(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
         ledger, agent_name, delta, go = guard.before(state, config, runtime)
         if not go:
-            return guard.refused(delta)
+            return guard.refused(state, delta)
         start = perf()
         output = guard.call(state, config, runtime)
         if inspect.isawaitable(output):
@@ -304,7 +306,7 @@ def guarded(
     async def arun(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
         ledger, agent_name, delta, go = guard.before(state, config, runtime)
         if not go:
-            return guard.refused(delta)
+            return guard.refused(state, delta)
         start = perf()
         output = await guard.call(state, config, runtime)
         return guard.after(

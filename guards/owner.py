@@ -125,7 +125,7 @@ def best_partial(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
     order; envelopes older than those are searched newest first.
     """
     ledger = read_ledger(state)
-    envelopes = state.get("envelopes") or {}
+    envelopes = ledger["envelopes"]
     for record in reversed(ledger["recent"]):
         env = envelopes.get(record["key"])
         if env is not None and _usable(env):

@@ -25,6 +25,7 @@ from sanegraph.guards import (
     GuardedState,
     GuardedStateGraph,
     GuardPolicy,
+    envelopes_of,
     guard_route,
     guarded,
     read_ledger,
@@ -116,7 +117,7 @@ def test_a_guarded_graph_round_trips_through_the_file(tmp_path: Path) -> None:
         {"researcher": 1},
         "running",
     )
-    assert state.values["envelopes"]["researcher"]["result"] == "tides"
+    assert envelopes_of(state.values)["researcher"]["result"] == "tides"
 
 
 def test_open_sqlite_saver_works_from_another_thread(tmp_path: Path) -> None:

@@ -28,8 +28,10 @@ from sanegraph.guards import (
     Escalation,
     GuardedState,
     GuardPolicy,
+    envelopes_of,
     guard_route,
     guarded,
+    new_ledger,
     outcome_of,
     read_ledger,
 )
@@ -111,7 +113,7 @@ def test_sequential_happy_path(saver: BaseCheckpointSaver[Any], config: dict[str
     state = builder.compile(checkpointer=saver).invoke({"task": "Q3 report"}, config)
 
     assert order == [("plan", "Q3 report"), ("draft", "Q3 report"), ("review", "Q3 report")]
-    assert state["envelopes"] == {
+    assert envelopes_of(state) == {
         "plan": success("plan done"),
         "draft": success("draft done"),
         "review": success("review done"),
@@ -131,12 +133,12 @@ def test_sequential_accepts_a_dict_runnables_and_a_custom_state(
         return success(["intro", state["topic"]])
 
     write = RunnableLambda(
-        lambda state: success(" / ".join(state["envelopes"]["outline"]["result"]))
+        lambda state: success(" / ".join(envelopes_of(state)["outline"]["result"]))
     )
     builder = sequential_graph({"outline": outline, "write": write}, state_schema=Report)
     state = builder.compile(checkpointer=saver).invoke({"topic": "tides"}, config)
 
-    assert state["envelopes"]["write"]["result"] == "intro / tides"
+    assert envelopes_of(state)["write"]["result"] == "intro / tides"
     assert read_ledger(state)["hops"] == 2
 
 
@@ -225,7 +227,7 @@ def test_on_incomplete_end_finishes_without_a_trip(
     state = builder.compile(checkpointer=saver).invoke({"task": "t"}, config)
 
     assert calls == Counter(first=1, second=1)
-    assert state["envelopes"]["second"]["status"] == status
+    assert envelopes_of(state)["second"]["status"] == status
     ledger = read_ledger(state)
     assert (ledger["hops"], ledger["status"], outcome_of(state)) == (2, "running", None)
 
@@ -239,7 +241,7 @@ def test_on_incomplete_next_carries_on_with_the_incomplete_envelope(
         return {"status": "partial", "result": "half", "reason": "no Q4 data"}
 
     def second(state: dict[str, Any]) -> dict[str, Any]:
-        seen.append(state["envelopes"]["first"])
+        seen.append(envelopes_of(state)["first"])
         return {"status": "failed", "reason": "nothing to add"}
 
     def third(state: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +255,7 @@ def test_on_incomplete_next_carries_on_with_the_incomplete_envelope(
     assert seen == [
         {"status": "partial", "result": "half", "confidence": None, "reason": "no Q4 data"}
     ]
-    assert state["envelopes"]["third"] == success("summary")
+    assert envelopes_of(state)["third"] == success("summary")
     assert read_ledger(state)["hops"] == 3
 
 
@@ -283,12 +285,12 @@ def test_previous_stage_reads_why_the_next_one_sent_it_back(
     asked: list[str | None] = []
 
     def researcher(state: dict[str, Any]) -> dict[str, Any]:
-        feedback = state.get("envelopes", {}).get("analyst")
+        feedback = envelopes_of(state).get("analyst")
         asked.append(feedback["reason"] if feedback else None)
         return success(f"docs x{len(asked)}")
 
     def analyst(state: dict[str, Any]) -> dict[str, Any]:
-        if state["envelopes"]["researcher"]["result"] == "docs x1":
+        if envelopes_of(state)["researcher"]["result"] == "docs x1":
             return {"status": "partial", "reason": "need Q4 numbers"}
         return success("analysis")
 
@@ -296,7 +298,7 @@ def test_previous_stage_reads_why_the_next_one_sent_it_back(
     state = builder.compile(checkpointer=saver).invoke({"task": "t"}, config)
 
     assert asked == [None, "need Q4 numbers"]
-    assert state["envelopes"]["analyst"] == success("analysis")
+    assert envelopes_of(state)["analyst"] == success("analysis")
     assert read_ledger(state)["hops"] == 4
 
 
@@ -434,7 +436,7 @@ def test_parallel_aggregate_sees_failures_as_data(
 
     assert seen == [EXPECTED_SEEN]
     assert calls == Counter({key: 1 for key, _, _ in EXPECTED_SEEN})
-    assert state["envelopes"]["aggregate"] == EXPECTED_RESULT
+    assert envelopes_of(state)["aggregate"] == EXPECTED_RESULT
     ledger = read_ledger(state)
     assert (ledger["hops"], ledger["status"], ledger["by_agent"]) == (
         7,
@@ -460,7 +462,7 @@ async def test_parallel_aggregate_sees_failures_as_data_async(
     state = await graph.ainvoke({"tasks": ["EMEA", "APAC"]}, config)
 
     assert seen == [EXPECTED_SEEN]
-    assert state["envelopes"]["aggregate"] == EXPECTED_RESULT
+    assert envelopes_of(state)["aggregate"] == EXPECTED_RESULT
     assert read_ledger(state)["hops"] == 7
 
 
@@ -481,9 +483,9 @@ def assert_fan_out_capped(state: dict[str, Any], calls: Counter[str], seen: list
         ("hop_cap", "flaky", 5),
         ("hop_cap", "flaky", 6),
     ]
-    assert "aggregate" not in state["envelopes"]
+    assert "aggregate" not in envelopes_of(state)
     assert {
-        key: env["reason"] for key, env in state["envelopes"].items() if env["status"] == "failed"
+        key: env["reason"] for key, env in envelopes_of(state).items() if env["status"] == "failed"
     } == {
         "flaky[0]@0": REFUSED_4.format(hops=4),
         "flaky[1]@0": REFUSED_4.format(hops=5),
@@ -580,7 +582,7 @@ def test_escalated_fan_out_continues_to_the_aggregate(
             ("docs[1]@0", "failed", None),
         ]
     ]
-    assert state["envelopes"]["combine"]["reason"] == "failed: docs[1]@0"
+    assert envelopes_of(state)["combine"]["reason"] == "failed: docs[1]@0"
     ledger = read_ledger(state)
     assert (ledger["hops"], ledger["status"]) == (4, "running")
 
@@ -599,13 +601,13 @@ def assert_parallel_incident_stopped(state: dict[str, Any], calls: Counter[str])
     ledger = read_ledger(state)
     assert (ledger["hops"], ledger["status"]) == (6, "done")
     assert ledger["by_agent"] == {"researcher": 3, "analyst": 3}
-    assert [key for key in state["envelopes"] if key.startswith("researcher")] == [
+    assert [key for key in envelopes_of(state) if key.startswith("researcher")] == [
         "researcher[0]@0",
         "researcher[0]@2",
         "researcher[0]@4",
         "researcher[0]@6",
     ]
-    assert state["envelopes"]["researcher[0]@6"]["status"] == "failed"
+    assert envelopes_of(state)["researcher[0]@6"]["status"] == "failed"
     assert outcome_of(state) == {
         "status": "partial",
         "result": "doc 3",
@@ -671,7 +673,7 @@ def test_again_ends_once_the_aggregate_succeeds(
     state = builder.compile(checkpointer=saver).invoke({"tasks": ["EMEA"]}, config)
 
     assert rounds == [["web[0]@0", "docs[0]@0"], ["web[0]@3", "docs[0]@3"]]
-    assert state["envelopes"]["aggregate"] == success("combined")
+    assert envelopes_of(state)["aggregate"] == success("combined")
     assert read_ledger(state)["hops"] == 6
 
 
@@ -685,7 +687,7 @@ def test_many_branches_of_one_worker_lose_nothing(
     state = builder.compile(checkpointer=saver).invoke({"tasks": tasks}, config)
 
     assert seen == [[(f"solo[{i}]@0", "success", f"t{i} found") for i in range(12)]]
-    assert sum(1 for key in state["envelopes"] if key.startswith("solo[")) == 12
+    assert sum(1 for key in envelopes_of(state) if key.startswith("solo[")) == 12
     assert read_ledger(state)["hops"] == 13
 
 
@@ -712,7 +714,7 @@ def test_tasks_per_worker_and_no_tasks(
     ]
     state = graph.get_state(config).values
     assert branch_envelopes(state, "docs") == {"docs[0]@3": branch_envelopes(state)["docs[0]@3"]}
-    assert len(state["envelopes"]) == 5  # both rounds' branches and the aggregate
+    assert len(envelopes_of(state)) == 5  # both rounds' branches and the aggregate
     assert read_ledger(state)["hops"] == 6
 
 
@@ -757,8 +759,8 @@ def test_runnable_workers_are_refused_like_functions(saver: BaseCheckpointSaver[
     state = graph.invoke({"tasks": ["a", "b"]}, {"configurable": {"thread_id": "sync"}})
 
     assert seen == []
-    assert state["envelopes"]["echo[0]@0"] == success("A")
-    assert state["envelopes"]["echo[1]@0"]["reason"].startswith(
+    assert envelopes_of(state)["echo[0]@0"] == success("A")
+    assert envelopes_of(state)["echo[1]@0"]["reason"].startswith(
         "not run: The next hop would exceed max_hops=1 (hops=1, agent='echo')."
     )
 
@@ -773,15 +775,15 @@ async def test_runnable_workers_run_async(async_saver: BaseCheckpointSaver[Any])
 
 
 def test_branch_envelopes_ignores_other_keys() -> None:
-    state = {
-        "envelopes": {
-            "planner": success("plan"),
-            "w[10]@2": success(10),
-            "w[2]@2": success(2),
-            "v[0]@2": {"status": "failed", "result": None, "confidence": None, "reason": "x"},
-            "w[0]@0": success("old round"),
-        }
+    ledger = new_ledger()
+    ledger["envelopes"] = {
+        "planner": success("plan"),
+        "w[10]@2": success(10),
+        "w[2]@2": success(2),
+        "v[0]@2": {"status": "failed", "result": None, "confidence": None, "reason": "x"},
+        "w[0]@0": success("old round"),
     }
+    state = {"guard": ledger}
     found = branch_envelopes(state)
     assert [(key, env.status, env.result) for key, env in found.items()] == [
         ("w[2]@2", "success", 2),
@@ -910,9 +912,9 @@ SEQUENTIAL_ERRORS: list[tuple[Callable[[], Any], str]] = [
     ),
     (
         lambda: sequential_graph([("a", ok)], state_schema=Plain),
-        "sequential_graph(state_schema=Plain) lacks GuardedState's keys ('guard', "
-        "'envelopes'). Declare it as class Plain(GuardedState, total=False): ... (from "
-        "sanegraph.guards import GuardedState).",
+        "sequential_graph(state_schema=Plain) lacks GuardedState's 'guard' key. Declare it "
+        "as class Plain(GuardedState, total=False): ... (from sanegraph.guards import "
+        "GuardedState).",
     ),
     (
         lambda: sequential_graph([("a", ok)], state_schema=42),  # type: ignore[arg-type]
@@ -922,7 +924,7 @@ SEQUENTIAL_ERRORS: list[tuple[Callable[[], Any], str]] = [
 
 
 class Redeclared(GuardedState, total=False):
-    envelopes: dict[str, Any]  # type: ignore[misc]
+    guard: dict[str, Any]  # type: ignore[misc]
 
 
 PARALLEL_ERRORS: list[tuple[Callable[[], Any], str]] = [
@@ -956,8 +958,8 @@ PARALLEL_ERRORS: list[tuple[Callable[[], Any], str]] = [
     ),
     (
         lambda: parallel_graph({"w": ok}, ok, state_schema=Redeclared),
-        "parallel_graph(state_schema=Redeclared) redeclares 'envelopes' without "
-        "GuardedState's reducer (merge_envelopes). Remove 'envelopes' from Redeclared and "
+        "parallel_graph(state_schema=Redeclared) redeclares 'guard' without "
+        "GuardedState's reducer (fold_ledger). Remove 'guard' from Redeclared and "
         "inherit it from GuardedState.",
     ),
     (

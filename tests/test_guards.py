@@ -33,6 +33,7 @@ from sanegraph.guards import (
     check_envelope,
     check_hops,
     coerce_envelope,
+    envelopes_of,
     fold_ledger,
     guard_route,
     guard_sends,
@@ -287,7 +288,7 @@ def test_invalid_output_becomes_a_failed_envelope_and_a_trip(saver: Any, config:
     b.add_conditional_edges("analyst", guard_route("writer"))
     b.add_edge("writer", END)
     final = b.compile(checkpointer=saver).invoke({"topic": "t"}, config)
-    envelope = final["envelopes"]["analyst"]
+    envelope = envelopes_of(final)["analyst"]
     assert envelope["status"] == "failed"
     assert (
         envelope["reason"]
@@ -295,7 +296,7 @@ def test_invalid_output_becomes_a_failed_envelope_and_a_trip(saver: Any, config:
     )
     ledger = read_ledger(final)
     assert [t["kind"] for t in ledger["trips"]] == ["invalid_envelope"]
-    assert "writer" not in final["envelopes"]
+    assert "writer" not in envelopes_of(final)
     assert outcome_of(final)["status"] == "failed"  # type: ignore[index]
 
 
@@ -308,7 +309,7 @@ def test_scripted_model_envelopes_and_confidence_gate(config: Any) -> None:
     b.add_edge(START, "analyst")
     b.add_conditional_edges("analyst", guard_route(END))
     final = b.compile(checkpointer=InMemorySaver()).invoke({"topic": "t"}, config)
-    assert final["envelopes"]["analyst"]["result"] == {"answer": 42}
+    assert envelopes_of(final)["analyst"]["result"] == {"answer": 42}
     assert read_ledger(final)["trips"][-1]["kind"] == "low_confidence"
     assert read_ledger(final)["status"] == "aborted"
 
@@ -473,7 +474,7 @@ def test_agents_may_take_config_runtime_or_be_runnables(config: Any) -> None:
     b.add_edge("three", END)
     final = b.compile(checkpointer=InMemorySaver()).invoke({}, config)
     assert seen == ["one", "Runtime"]
-    assert {k: v["result"] for k, v in final["envelopes"].items()} == {
+    assert {k: v["result"] for k, v in envelopes_of(final).items()} == {
         "one": "c",
         "two": "r",
         "three": "l",
@@ -509,8 +510,8 @@ def test_state_updates_and_commands_pass_through(config: Any) -> None:
     b.add_edge("worker", END)
     final = b.compile(checkpointer=InMemorySaver()).invoke({}, config)
     assert final["notes"] == ["planned", "done"]
-    assert final["envelopes"]["planner"]["result"] == "plan"
-    assert final["envelopes"]["worker"]["result"] == 7
+    assert envelopes_of(final)["planner"]["result"] == "plan"
+    assert envelopes_of(final)["worker"]["result"] == 7
     assert "envelope" not in final
 
 
@@ -536,7 +537,16 @@ def test_fan_out_respects_the_hop_cap(saver: Any, config: Any) -> None:
     assert sorted(ran) == ["a", "b", "c"]
     assert ledger["hops"] == 3
     assert ledger["trip_count"] == 2
-    assert sorted(final["envelopes"]) == ["worker[0]", "worker[1]", "worker[2]"]
+    # Refused branches show in the round as failed, so an aggregate sees every branch.
+    statuses = {key: env["status"] for key, env in envelopes_of(final).items()}
+    assert statuses == {
+        "worker[0]": "success",
+        "worker[1]": "success",
+        "worker[2]": "success",
+        "worker[3]": "failed",
+        "worker[4]": "failed",
+    }
+    assert envelopes_of(final)["worker[3]"]["reason"].startswith("not run: The next hop")
     assert ledger["status"] == "done"
 
 

@@ -13,12 +13,12 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 from sanegraph.guards import (
     DEFAULT_WINDOW,
+    MAX_ENVELOPES,
     MAX_RECENT,
     MAX_TRIPS,
     Ledger,
     fold_ledger,
     make_trip,
-    merge_envelopes,
     new_ledger,
     read_ledger,
 )
@@ -212,10 +212,32 @@ def test_a_list_of_deltas_folds_in_order() -> None:
     assert fold_ledger({}, [step("a", "c1"), step("a", "c2")])["hops"] == 2
 
 
-def test_merge_envelopes_keeps_the_newest_per_key() -> None:
-    merged = merge_envelopes({"a": {"status": "failed"}}, {"a": {"status": "success"}, "b": {}})
-    assert merged == {"a": {"status": "success"}, "b": {}}
-    assert merge_envelopes(None, None) == {}
+def test_envelopes_keep_the_newest_per_key_and_stay_bounded() -> None:
+    ledger = fold_all(
+        [
+            {"envelope": ["a", {"status": "failed"}]},
+            {"envelope": ["b", {"status": "partial"}]},
+            {"envelope": ["a", {"status": "success"}]},
+        ]
+    )
+    assert list(ledger["envelopes"].items()) == [
+        ("b", {"status": "partial"}),
+        ("a", {"status": "success"}),
+    ]
+    for i in range(MAX_ENVELOPES + 10):
+        ledger = fold_ledger(ledger, {"envelope": [f"k{i}", {"status": "success"}]})
+    assert len(ledger["envelopes"]) == MAX_ENVELOPES
+    assert "a" not in ledger["envelopes"] and f"k{MAX_ENVELOPES + 9}" in ledger["envelopes"]
+
+
+def test_a_subgraph_hands_back_only_the_envelopes_it_wrote() -> None:
+    parent = fold_all([{"envelope": ["a", {"status": "partial"}]}])
+    with in_subgraph():
+        child = fold_ledger({}, parent)
+        child = fold_ledger(child, {"envelope": ["x", {"status": "success"}]})
+    parent = fold_ledger(parent, {"envelope": ["a", {"status": "success"}]})  # a sibling
+    merged = fold_ledger(parent, child)
+    assert merged["envelopes"] == {"a": {"status": "success"}, "x": {"status": "success"}}
 
 
 agents = st.sampled_from(["researcher", "analyst", "writer"])

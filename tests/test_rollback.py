@@ -34,6 +34,7 @@ from sanegraph.guards import (
     GuardedState,
     GuardedStateGraph,
     GuardPolicy,
+    envelopes_of,
     guard_route,
     guard_sends,
     guarded,
@@ -132,8 +133,8 @@ def test_rollback_reruns_the_analyst_from_the_last_sane_checkpoint(
     assert (ledger["status"], ledger["hops"], ledger["rollbacks"]) == ("running", 3, 1)
     assert ledger["by_agent"] == {"researcher": 1, "analyst": 1, "writer": 1}
     assert ledger["trips"] == []
-    assert done["envelopes"]["analyst"]["result"] == "spring tides peak twice a month"
-    assert done["envelopes"]["writer"]["status"] == "success"
+    assert envelopes_of(done)["analyst"]["result"] == "spring tides peak twice a month"
+    assert envelopes_of(done)["writer"]["status"] == "success"
     # The researcher did not run again; the analyst did, on the patched topic.
     assert team.asked(team.researcher) == ["tides"]
     assert team.asked(team.analyst) == ["tides", "spring tides"]
@@ -192,7 +193,7 @@ def test_rollback_without_patch_keeps_the_state(saver: BaseCheckpointSaver[Any])
     fork = graph.get_state(rollback(graph, CONFIG))
 
     assert fork.values["topic"] == "tides"
-    assert fork.values["envelopes"].keys() == {"researcher"}
+    assert envelopes_of(fork.values).keys() == {"researcher"}
 
 
 # -- which checkpoint is the last sane one ----------------------------------------------
@@ -562,7 +563,7 @@ def test_config_must_name_a_thread() -> None:
         (
             {"topik": "x"},
             "rollback(patch=...) has keys that are not in the graph's state: 'topik'. "
-            "State keys: envelopes, guard, topic.",
+            "State keys: guard, topic.",
         ),
         (
             [("topic", "x")],
