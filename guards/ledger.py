@@ -54,7 +54,7 @@ RunStatus = Literal["running", "tripped", "done", "aborted"]
 - ``"aborted"``: the owner (or a human) aborted the run.
 """
 
-DEFAULT_WINDOW = 32
+DEFAULT_WINDOW = 16
 """Default number of step fingerprints kept for loop detection."""
 
 MAX_RECENT = 8
