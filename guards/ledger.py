@@ -164,6 +164,12 @@ class Ledger(TypedDict, total=False):
     """How many times this thread was rolled back."""
     faults: int
     """Steps that did not pass every guard (failed envelope or trip)."""
+    spent: dict[str, int]
+    """Model spend of the thread: ``usd_micros``, ``input_tokens``, ``output_tokens``."""
+    spent_by_agent: dict[str, dict[str, int]]
+    """Model spend per agent, as in ``spent``."""
+    warned: list[str]
+    """Budget limits whose warning threshold was crossed (each recorded once)."""
     depth: int
     """Nesting level of the graph holding this ledger: 0 for the thread's root graph."""
     base: dict[str, Any] | None
@@ -180,6 +186,10 @@ class StepDelta(TypedDict, total=False):
     record: EnvelopeRecord
     envelope: list[Any]
     """``[key, envelope dict]``: the step's envelope, stored under its key."""
+    spend: dict[str, int]
+    """The step's model spend (``usd_micros``, ``input_tokens``, ``output_tokens``)."""
+    warn: list[str]
+    """Budget limits whose warning threshold this step crossed."""
     sane: bool
     parent: str | None
     trip: Trip
@@ -215,6 +225,9 @@ def new_ledger() -> Ledger:
         "outcome": None,
         "rollbacks": 0,
         "faults": 0,
+        "spent": {},
+        "spent_by_agent": {},
+        "warned": [],
         "depth": 0,
         "base": None,
     }
@@ -262,6 +275,8 @@ def _snapshot(ledger: Mapping[str, Any]) -> dict[str, Any]:
         "grants": dict(ledger["grants"]),
         "faults": ledger["faults"],
         "envelopes": dict(ledger["envelopes"]),
+        "spent": dict(ledger["spent"]),
+        "spent_by_agent": {a: dict(v) for a, v in ledger["spent_by_agent"].items()},
     }
 
 
@@ -280,6 +295,19 @@ def _merge_child(current: Ledger, child: Mapping[str, Any]) -> Ledger:
     grants = dict(out["grants"])
     _add_counts(grants, child.get("grants", {}), base.get("grants", {}))
     out["grants"] = grants
+    spent = dict(out["spent"])
+    _add_counts(spent, child["spent"], base.get("spent", {}))
+    out["spent"] = spent
+    before = base.get("spent_by_agent", {})
+    by_agent_spend = dict(out["spent_by_agent"])
+    for agent, amounts in child["spent_by_agent"].items():
+        mine = dict(by_agent_spend.get(agent, {}))
+        _add_counts(mine, amounts, before.get(agent, {}))
+        by_agent_spend[agent] = mine
+    out["spent_by_agent"] = by_agent_spend
+    new_warned = [w for w in child["warned"] if w not in out["warned"]]
+    if new_warned:
+        out["warned"] = [*out["warned"], *new_warned]
     known = base.get("envelopes", {})
     changed = {k: v for k, v in child["envelopes"].items() if known.get(k) != v}
     if changed:
@@ -419,6 +447,23 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
         spent = out["latency_us"].copy()
         spent[agent] = spent.get(agent, 0) + round(latency * 1e6)
         out["latency_us"] = spent
+    spend = delta.get("spend")
+    if spend:
+        total = out["spent"].copy()
+        _add_counts(total, spend, {})
+        out["spent"] = total
+        if agent is not None:
+            per_agent = out["spent_by_agent"].copy()
+            mine = dict(per_agent.get(agent, {}))
+            _add_counts(mine, spend, {})
+            per_agent[agent] = mine
+            out["spent_by_agent"] = per_agent
+    warn = delta.get("warn")
+    if warn:
+        fresh = [w for w in warn if w not in out["warned"]]
+        if fresh:
+            # Sorted: parallel steps may warn in any order; the ledger must not care.
+            out["warned"] = sorted({*out["warned"], *fresh})
     fp = delta.get("fp")
     if fp is not None and agent is not None:
         out["window"] = _insert(out["window"], [agent, fp], g_window, out["window_size"])

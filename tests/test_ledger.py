@@ -212,6 +212,25 @@ def test_a_list_of_deltas_folds_in_order() -> None:
     assert fold_ledger({}, [step("a", "c1"), step("a", "c2")])["hops"] == 2
 
 
+def test_spend_is_summed_in_total_and_per_agent() -> None:
+    ledger = fold_all(
+        [
+            step("a", "c1", spend={"usd_micros": 5, "input_tokens": 100, "output_tokens": 10}),
+            step("b", "c2", spend={"usd_micros": 7, "input_tokens": 1}, warn=["usd"]),
+            step("a", "c3", spend={"usd_micros": 1}, warn=["usd", "tokens"]),
+        ]
+    )
+    assert ledger["spent"] == {"usd_micros": 13, "input_tokens": 101, "output_tokens": 10}
+    assert ledger["spent_by_agent"]["a"] == {"usd_micros": 6, "input_tokens": 100, "output_tokens": 10}
+    assert ledger["warned"] == ["tokens", "usd"]
+    with in_subgraph():
+        child = fold_ledger({}, ledger)
+        child = fold_ledger(child, step("x", "s1", spend={"usd_micros": 100}))
+    merged = fold_ledger(fold_ledger(ledger, step("b", "c4", spend={"usd_micros": 1})), child)
+    assert merged["spent"]["usd_micros"] == 114
+    assert merged["spent_by_agent"]["x"] == {"usd_micros": 100}
+
+
 def test_envelopes_keep_the_newest_per_key_and_stay_bounded() -> None:
     ledger = fold_all(
         [
@@ -260,6 +279,9 @@ def _parallel_delta(i: int, spec: tuple[str, str, bool, int, float, bool]) -> di
     delta = step(agent, "superstep", fp=fp, sane=sane, key=f"{agent}[{i}]", at=10 + offset)
     delta["latency"] = latency
     delta["now"] = 2000.0 + offset
+    delta["spend"] = {"usd_micros": 7 * offset + i, "input_tokens": 11 * i, "output_tokens": offset}
+    if sane:
+        delta["warn"] = [f"limit{offset}"]
     if trips:
         delta["trip"] = make_trip("hop_cap", f"m{i}", limit=1, observed=2, agent=agent, hops=offset)
     return delta
