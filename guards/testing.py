@@ -25,7 +25,7 @@ import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
@@ -38,6 +38,7 @@ from langchain_core.messages import (
     HumanMessage,
     SystemMessage,
     ToolCallChunk,
+    UsageMetadata,
 )
 from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.messages.utils import count_tokens_approximately
@@ -255,11 +256,16 @@ class ScriptedChatModel(GenericFakeChatModel):
         if message.usage_metadata is None:
             input_tokens = count_tokens_approximately(messages)
             output_tokens = count_tokens_approximately([template])
-            message.usage_metadata = {
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "total_tokens": input_tokens + output_tokens,
-            }
+            # A cast, not a constructor call: langchain-core >= 1.8 is typed for Python
+            # 3.11+, and mypy checking for 3.10 reads its NotRequired keys as required.
+            message.usage_metadata = cast(
+                UsageMetadata,
+                {
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "total_tokens": input_tokens + output_tokens,
+                },
+            )
         return message
 
     @staticmethod

@@ -221,7 +221,11 @@ def test_spend_is_summed_in_total_and_per_agent() -> None:
         ]
     )
     assert ledger["spent"] == {"usd_micros": 13, "input_tokens": 101, "output_tokens": 10}
-    assert ledger["spent_by_agent"]["a"] == {"usd_micros": 6, "input_tokens": 100, "output_tokens": 10}
+    assert ledger["spent_by_agent"]["a"] == {
+        "usd_micros": 6,
+        "input_tokens": 100,
+        "output_tokens": 10,
+    }
     assert ledger["warned"] == ["tokens", "usd"]
     with in_subgraph():
         child = fold_ledger({}, ledger)
