@@ -118,3 +118,51 @@ _BY_KIND: dict[str, type[GuardTripped]] = {
     "deadline": DeadlineExceeded,
     "invalid_envelope": InvalidEnvelope,
 }
+
+
+class BudgetExceeded(GuardTripped):
+    """The next model call would exceed a money or token limit of ``Budget``.
+
+    Raised from the budget meter's intake check (the model is not called), or by the task
+    owner when ``Budget.on_exhausted="raise"``.
+
+    Attributes:
+        trip: The trip record (``kind="budget"``), as written to the ledger.
+
+    Example:
+        ```python
+        try:
+            model.invoke("hi", config={"callbacks": [meter]})
+        except BudgetExceeded as exc:
+            print(exc.trip["limit_key"], exc.limit, exc.observed)
+        ```
+    """
+
+    kind = "budget"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: Any = None,
+        observed: Any = None,
+        agent: str | None = None,
+        scope: str = "thread",
+        trip: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, limit=limit, observed=observed, agent=agent, scope=scope)
+        self.trip: dict[str, Any] = (
+            dict(trip)
+            if trip is not None
+            else {
+                "kind": self.kind,
+                "message": message,
+                "limit": limit,
+                "observed": observed,
+                "agent": agent,
+                "scope": scope,
+            }
+        )
+
+
+_BY_KIND["budget"] = BudgetExceeded

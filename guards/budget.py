@@ -1,0 +1,933 @@
+"""Budgets: what model calls cost, the intake check, and the callback that meters calls.
+
+The core is pure and I/O-free: :class:`Spend` (what was spent, in integer micro-dollars
+and tokens, so sums are exact and do not depend on order), :func:`price_call` (prices from
+``genai-prices``, or from the policy) and :func:`check_spend` (the "would exceed" check).
+:class:`BudgetMeter` is the one LangChain callback handler: attached to a guarded step's
+model calls, it projects each call in ``on_chat_model_start`` and blocks it (raising
+:class:`BudgetExceeded`, so the model is never called) when the budget, or a shared
+:class:`SpendPool`, cannot cover it; in ``on_llm_end`` it records what the call really
+used (``AIMessage.usage_metadata``).
+
+Limit keys name each limit in warnings, grants and trips: ``"usd"``, ``"tokens"``,
+``"input_tokens"``, ``"output_tokens"``, ``"per_call_tokens"``, ``"pool"`` and, per agent,
+``"usd:<agent>"``, ``"tokens:<agent>"``... (as ``"hops:<agent>"`` for hop grants).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any, Protocol, cast, runtime_checkable
+from uuid import UUID, uuid4
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.tracers.context import register_configure_hook
+
+from ._pricing import AgentLimits, ExhaustedAction, NoUsage, Price, price_call
+from .checks import make_trip
+from .errors import BudgetExceeded, ConfigurationError
+from .ledger import Trip
+from .policy import Budget
+
+__all__ = (
+    "AgentLimits",
+    "BudgetExceeded",
+    "BudgetMeter",
+    "ExhaustedAction",
+    "NoUsage",
+    "Price",
+    "Spend",
+    "SpendPool",
+    "check_spend",
+    "metering",
+    "price_call",
+)
+
+logger = logging.getLogger("sanegraph.guards.budget")
+
+_REMEDY = "or let a human top it up when the owner escalates."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spend:
+    """Model spend: micro-dollars and tokens, all non-negative ints.
+
+    Integers make sums exact and independent of order (parallel branches fold in any
+    order). The JSON form (:meth:`to_dict`) is what the ledger keeps in ``spent``.
+
+    Example:
+        ```python
+        total = Spend(usd_micros=450, input_tokens=1000, output_tokens=500) + Spend()
+        assert (total.usd, total.tokens) == (0.00045, 1500)
+        assert Spend.from_dict(total.to_dict()) == total
+        ```
+    """
+
+    usd_micros: int = 0
+    """Cost in micro-dollars (USD * 1,000,000)."""
+    input_tokens: int = 0
+    """Input (prompt) tokens."""
+    output_tokens: int = 0
+    """Output (completion) tokens."""
+
+    def __add__(self, other: Spend) -> Spend:
+        if not isinstance(other, Spend):
+            return NotImplemented
+        return Spend(
+            usd_micros=self.usd_micros + other.usd_micros,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+    @property
+    def tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def usd(self) -> float:
+        """Cost in US dollars."""
+        return self.usd_micros / 1_000_000
+
+    def to_dict(self) -> dict[str, int]:
+        """The JSON form: ``{"usd_micros": ..., "input_tokens": ..., "output_tokens": ...}``."""
+        return {
+            "usd_micros": self.usd_micros,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, int] | None) -> Spend:
+        """Read the JSON form; missing keys (an empty ledger's ``{}``) count as 0."""
+        if not data:
+            return _ZERO
+        return cls(
+            usd_micros=int(data.get("usd_micros", 0)),
+            input_tokens=int(data.get("input_tokens", 0)),
+            output_tokens=int(data.get("output_tokens", 0)),
+        )
+
+    @classmethod
+    def coerce(cls, value: Spend | Mapping[str, int] | None) -> Spend:
+        """A ``Spend`` from an instance, its JSON form, or None (nothing spent)."""
+        if isinstance(value, Spend):
+            return value
+        return cls.from_dict(value)
+
+
+_ZERO = Spend()
+
+
+@runtime_checkable
+class SpendPool(Protocol):
+    """A budget shared by many threads or processes, with reserve-then-commit.
+
+    The meter reserves a call's projected spend before the call, then commits what the
+    call really cost, or releases the reservation when the call fails. An implementation
+    (``SharedBudget`` over SQLite) must make ``reserve`` atomic and idempotent for a key,
+    and expire the reservations of a crashed holder.
+
+    Example:
+        ```python
+        class Pool:  # in memory, one process
+            def __init__(self, usd_micros: int) -> None:
+                self.left = usd_micros
+            def reserve(self, amount: Spend, *, key: str) -> object | None:
+                if amount.usd_micros > self.left:
+                    return None
+                self.left -= amount.usd_micros
+                return amount
+            def commit(self, reservation: Any, actual: Spend) -> None:
+                self.left += reservation.usd_micros - actual.usd_micros
+            def release(self, reservation: Any) -> None:
+                self.left += reservation.usd_micros
+        ```
+    """
+
+    def reserve(self, amount: Spend, *, key: str) -> object | None:
+        """Reserve ``amount`` under the call's idempotency ``key``; None if it cannot."""
+
+    def commit(self, reservation: Any, actual: Spend) -> object:
+        """Replace a reservation with what the call really spent (the result is ignored)."""
+
+    def release(self, reservation: Any) -> object:
+        """Give a reservation back: the call failed or never ended (the result is ignored)."""
+
+
+# -- the intake check -------------------------------------------------------------------
+
+
+def _usd(micros: int) -> str:
+    text = f"{micros / 1_000_000:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
+
+
+def _number(value: float) -> str:
+    """A limit as typed: 5 -> "5", 2.5 -> "2.5", 1e-06 -> "0.000001"."""
+    return format(Decimal(repr(value)).normalize(), "f")
+
+
+def _trip(
+    message: str,
+    *,
+    key: str,
+    limit: Any,
+    observed: Any,
+    agent: str,
+    hops: int,
+    scope: str,
+) -> Trip:
+    trip = make_trip(
+        "budget", message, limit=limit, observed=observed, agent=agent, hops=hops, scope=scope
+    )
+    # Which limit tripped, as a key of grants and warnings ("usd", "tokens:analyst"...).
+    cast(dict[str, Any], trip)["limit_key"] = key
+    return trip
+
+
+_LIMITS = (
+    ("usd", 0, "$"),
+    ("tokens", 1, "tokens"),
+    ("input_tokens", 2, "input tokens"),
+    ("output_tokens", 3, "output tokens"),
+)
+"""Thread and agent limits: name, index in ``_amounts``, unit."""
+
+
+def check_spend(
+    spent: Spend,
+    projected: Spend,
+    budget: Budget,
+    *,
+    agent: str,
+    spent_by_agent: Mapping[str, Spend | Mapping[str, int]] | None = None,
+    grants: Mapping[str, float] | None = None,
+    warned: Collection[str] = (),
+    hops: int = 0,
+) -> tuple[Trip | None, list[str]]:
+    """Check whether the next model call would exceed the budget, before it is made.
+
+    For each limit set: ``spent + projected > limit + grants[key]`` trips (exactly at the
+    limit is allowed). USD is compared in whole micro-dollars (the limit rounded down).
+    Thread limits (``usd``,
+    ``tokens``, ``input_tokens``, ``output_tokens``) use ``spent``; ``per_agent[agent]``
+    limits use ``spent_by_agent[agent]``; ``per_call_tokens`` caps ``projected.tokens``
+    alone. The first limit found exceeded, in that order (``per_call_tokens`` first), is
+    reported.
+
+    Warnings: the keys of limits (not ``per_call_tokens``) for which
+    ``spent + projected >= warn_at * limit``, leaving out those in ``warned``. Pass the
+    keys already recorded (``Ledger.warned``) so that each is reported once.
+
+    Args:
+        spent: What counts against the thread limits so far (thread spend, plus this
+            step's calls and calls in flight).
+        projected: The next call's projection.
+        budget: The limits.
+        agent: The agent making the call.
+        spent_by_agent: What agents spent so far, by name (``Spend`` or its JSON form);
+            only ``agent``'s entry is read.
+        grants: Extra allowance granted by humans, by limit key (USD for ``"usd"``).
+        warned: Limit keys already warned about.
+        hops: The thread's hop count, for the trip record.
+
+    Returns:
+        ``(trip, warnings)``: a ``kind="budget"`` trip record (with an extra
+        ``limit_key``) or None, and the new warning keys (empty when it trips).
+
+    Example:
+        ```python
+        trip, warnings = check_spend(
+            Spend(usd_micros=4_980_000), Spend(usd_micros=40_000), Budget(usd=5),
+            agent="analyst",
+        )
+        assert trip is not None and trip["limit_key"] == "usd"
+        ```
+    """
+    granted = grants or {}
+    cap = budget.per_call_tokens
+    if cap is not None:
+        allowed_call = cap + int(granted.get("per_call_tokens", 0))
+        if projected.tokens > allowed_call:
+            return _trip(
+                f"The next model call would exceed Budget.per_call_tokens={allowed_call} "
+                f"(next call ~{projected.tokens} tokens: {projected.input_tokens} input + "
+                f"{projected.output_tokens} max output, agent={agent!r}). Raise "
+                "Budget.per_call_tokens, or lower the model's max_tokens or trim its input.",
+                key="per_call_tokens",
+                limit=allowed_call,
+                observed=projected.tokens,
+                agent=agent,
+                hops=hops,
+                scope="call",
+            ), []
+    warnings: list[str] = []
+    amounts = _amounts(spent), _amounts(projected)
+    for name, index, unit in _LIMITS:
+        limit = getattr(budget, name)
+        if limit is not None:
+            trip = _check_limit(
+                name, name, limit, amounts, index, unit, "thread", budget, agent, granted, hops
+            )
+            if trip is True:
+                if name not in warned:
+                    warnings.append(name)
+            elif trip:
+                return trip, []
+    mine = (budget.per_agent or {}).get(agent)
+    if mine:
+        used = Spend.coerce((spent_by_agent or {}).get(agent))
+        amounts = _amounts(used), amounts[1]
+        for name, index, unit in _LIMITS:
+            limit = cast(Mapping[str, float], mine).get(name)
+            if limit is not None:
+                key = f"{name}:{agent}"
+                trip = _check_limit(
+                    key, name, limit, amounts, index, unit, "agent", budget, agent, granted, hops
+                )
+                if trip is True:
+                    if key not in warned:
+                        warnings.append(key)
+                elif trip:
+                    return trip, []
+    return None, warnings
+
+
+_LIMIT_MICROS: dict[float, int] = {}
+
+
+def _limit_micros(usd: float) -> int:
+    """A USD limit in whole micro-dollars, rounded down (exact: no float error)."""
+    micros = _LIMIT_MICROS.get(usd)
+    if micros is None:
+        exact = Decimal(repr(usd)) * 1_000_000
+        micros = _LIMIT_MICROS[usd] = int(exact.to_integral_value(rounding=ROUND_FLOOR))
+    return micros
+
+
+def _amounts(spend: Spend) -> tuple[int, int, int, int]:
+    return (
+        spend.usd_micros,
+        spend.input_tokens + spend.output_tokens,
+        spend.input_tokens,
+        spend.output_tokens,
+    )
+
+
+def _check_limit(
+    key: str,
+    name: str,
+    limit: float,
+    amounts: tuple[tuple[int, int, int, int], tuple[int, int, int, int]],
+    index: int,
+    unit: str,
+    scope: str,
+    budget: Budget,
+    agent: str,
+    granted: Mapping[str, float],
+    hops: int,
+) -> Trip | bool:
+    """A trip, True (the warning threshold is reached) or False, for one limit."""
+    allowed = limit + granted[key] if key in granted else limit
+    before = amounts[0][index]
+    next_call = amounts[1][index]
+    after = before + next_call
+    allowed_units = _limit_micros(allowed) if index == 0 else allowed
+    if after > allowed_units:
+        return _trip(
+            _message(name, scope, agent, allowed, before, next_call, unit),
+            key=key,
+            limit=allowed,
+            observed=round(after / 1_000_000, 6) if index == 0 else after,
+            agent=agent,
+            hops=hops,
+            scope=scope,
+        )
+    return after >= budget.warn_at * allowed_units
+
+
+def _message(
+    name: str, scope: str, agent: str, allowed: float, before: int, next_call: int, unit: str
+) -> str:
+    if name == "usd":
+        spent_text, next_text = _usd(before), _usd(next_call)
+    else:
+        spent_text, next_text = f"{before} {unit}", f"{next_call} {unit}"
+    limit_text = _number(allowed) if name == "usd" else f"{int(allowed)}"
+    if scope == "agent":
+        field = f"Budget.per_agent[{agent!r}][{name!r}]"
+        return (
+            f"The next model call of {agent!r} would exceed {field}={limit_text} (spent by "
+            f"{agent!r}={spent_text}, next call ~{next_text}). Raise {field}, {_REMEDY}"
+        )
+    field = f"Budget.{name}"
+    return (
+        f"The next model call would exceed {field}={limit_text} (spent={spent_text}, next "
+        f"call ~{next_text}, agent={agent!r}). Raise {field}, {_REMEDY}"
+    )
+
+
+# -- the meter ----------------------------------------------------------------------------
+
+_MAX_TOKEN_PARAMS = (
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "max_tokens_to_sample",
+    "num_predict",
+)
+_MODEL_PARAMS = ("model", "model_name", "model_id")
+
+_NO_USAGE_MODELS: set[tuple[str | None, str]] = set()
+"""(provider, model) pairs seen answering without usage while ``no_usage="refuse"``."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    index: int
+    key: str
+    provider: str | None
+    model: str
+    input_tokens: int
+    max_tokens: int | None
+    projected: Spend
+    reservation: object | None
+    parent_run_id: str | None
+    where: dict[str, Any]
+
+
+def _max_tokens(metadata: Mapping[str, Any], params: Mapping[str, Any]) -> int | None:
+    value = metadata.get("ls_max_tokens")
+    if value is None:
+        for name in _MAX_TOKEN_PARAMS:
+            value = params.get(name)
+            if value is not None:
+                break
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _reported_usage(response: LLMResult) -> tuple[int, int] | None:
+    for generations in response.generations:
+        for generation in generations:
+            message = getattr(generation, "message", None)
+            usage = getattr(message, "usage_metadata", None)
+            if usage:
+                return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    legacy = (response.llm_output or {}).get("token_usage")
+    if isinstance(legacy, Mapping) and ("prompt_tokens" in legacy or "completion_tokens" in legacy):
+        return int(legacy.get("prompt_tokens") or 0), int(legacy.get("completion_tokens") or 0)
+    return None
+
+
+def _estimated_output(response: LLMResult) -> int:
+    # Several generations of one run are alternatives (n > 1): each was generated.
+    total = 0
+    for generations in response.generations:
+        for generation in generations:
+            if isinstance(generation, ChatGeneration):
+                total += count_tokens_approximately([generation.message])
+            else:
+                total += count_tokens_approximately([("ai", generation.text)])
+    return total
+
+
+class BudgetMeter(BaseCallbackHandler):
+    """Meters one guarded step's model calls and blocks a call the budget cannot cover.
+
+    A sync handler with ``raise_error = True`` and ``run_inline = True``: raising in
+    ``on_chat_model_start`` aborts the call before the model runs, for ``invoke`` and
+    ``ainvoke`` alike (an async handler could not stop a sync call).
+
+    Before each call (``on_chat_model_start``) it reads the provider, model and
+    ``max_tokens`` from the run metadata LangChain adds for every chat model
+    (``ls_provider``, ``ls_model_name``, ``ls_max_tokens``; falling back to
+    ``invocation_params``), counts the input tokens with ``count_tokens_approximately``
+    (messages, plus tool schemas found in ``invocation_params["tools"]``) and projects the
+    call as ``input tokens + max_tokens`` (input only when the model sets no
+    ``max_tokens``: then the output of the last allowed call can overshoot a limit). It
+    runs :func:`check_spend` against everything spent so far (``spent_before`` plus this
+    step's calls, ended and in flight), then reserves the projection in ``pool`` if one is
+    set. Either refusing raises :class:`BudgetExceeded` carrying the trip record; the
+    first trip is also kept in :attr:`trip` (an agent may swallow the exception).
+
+    After each call (``on_llm_end``) it reads ``usage_metadata`` from the answer
+    (estimating it, or refusing the model, per ``Budget.no_usage``), prices it, adds it
+    to :attr:`spent`, commits the pool reservation and calls ``on_call`` with the call's
+    record. A failed call (``on_llm_error``) releases its reservation.
+
+    Attach it with :func:`metering` (every call made in the context, whatever config the
+    call is given; nested guarded steps meter their own calls) or pass it in
+    ``config={"callbacks": [meter]}`` (calls under that config only).
+
+    Call keys: ``"<key>|<index>"``, where ``index`` counts this step's calls in the order
+    they start and ``key`` defaults to ``"<thread_id>|<checkpoint_ns>"`` from the first
+    call's metadata (``thread_id`` and ``langgraph_checkpoint_ns``, i.e. ``node:task_id``,
+    which a re-run task keeps), or a random ``"meter-<hex>"`` outside a graph. A resumed
+    step that makes the same calls in the same order gets the same keys.
+
+    Args:
+        budget: The limits.
+        agent: The agent the step's calls are attributed to.
+        spent_before: The thread's spend before this step (``Ledger.spent``).
+        spent_by_agent_before: Spend per agent before this step
+            (``Ledger.spent_by_agent``).
+        prices: Policy prices; defaults to ``budget.prices``.
+        pool: A shared pool to reserve each call in.
+        on_call: Called with each metered call's record (the journal hook).
+        grants: Extra allowance granted by humans, by limit key (``Ledger.grants``).
+        warned: Limit keys already warned about (``Ledger.warned``).
+        hops: The thread's hop count, for trip records.
+        key: Prefix of the call keys.
+
+    Attributes:
+        trip: The step's first trip record, or None.
+
+    Example:
+        ```python
+        meter = BudgetMeter(Budget(usd=5), agent="analyst")
+        model = ScriptedChatModel(["hi"], max_tokens=256)
+        model.invoke("hello", config={"callbacks": [meter]})
+        print(meter.spent.usd, meter.calls[0]["model"], meter.warnings)
+        ```
+    """
+
+    raise_error = True
+    run_inline = True
+
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        agent: str,
+        spent_before: Spend | Mapping[str, int] | None = None,
+        spent_by_agent_before: Mapping[str, Spend | Mapping[str, int]] | None = None,
+        prices: Mapping[str, Price] | None = None,
+        pool: SpendPool | None = None,
+        on_call: Callable[[dict[str, Any]], None] | None = None,
+        grants: Mapping[str, float] | None = None,
+        warned: Collection[str] = (),
+        hops: int = 0,
+        key: str | None = None,
+    ) -> None:
+        if not isinstance(budget, Budget):
+            raise ConfigurationError(
+                f"BudgetMeter needs a Budget, got {type(budget).__name__}. Pass e.g. "
+                "BudgetMeter(Budget(usd=5), agent='analyst')."
+            )
+        self.budget = budget
+        self.agent = agent
+        self.prices = budget.prices if prices is None else prices
+        self.pool = pool
+        self.on_call = on_call
+        self.grants = dict(grants or {})
+        self.hops = hops
+        self.key = key
+        self._before = Spend.coerce(spent_before)
+        self._agent_before = Spend.coerce((spent_by_agent_before or {}).get(agent))
+        self._warned: set[str] = set(warned)
+        self._lock = threading.Lock()
+        self._spent = _ZERO
+        self._nested = _ZERO
+        self._outer: BudgetMeter | None = None
+        self._pending: dict[UUID, _Pending] = {}
+        self._calls: list[dict[str, Any]] = []
+        self._warnings: list[str] = []
+        self._started = 0
+        self.trip: Trip | None = None
+
+    # Events this handler ignores: skipping them saves a call per chain/tool event.
+    @property
+    def ignore_chain(self) -> bool:
+        """True: chain events are not metered."""
+        return True
+
+    @property
+    def ignore_agent(self) -> bool:
+        """True: agent events are not metered."""
+        return True
+
+    @property
+    def ignore_retriever(self) -> bool:
+        """True: retriever events are not metered."""
+        return True
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        """True: custom events are not metered."""
+        return True
+
+    # -- what was spent -------------------------------------------------------------------
+
+    @property
+    def spent(self) -> Spend:
+        """What this step's finished calls spent."""
+        with self._lock:
+            return self._spent
+
+    @property
+    def nested_spent(self) -> Spend:
+        """What calls metered by meters nested in this one (guarded steps inside this
+        step, see :func:`metering`) spent. Not in :attr:`spent`; counted in the checks."""
+        with self._lock:
+            return self._nested
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """The records of this step's finished calls, in the order they finished (a copy):
+        ``key``, ``index``, ``run_id``, ``parent_run_id``, ``agent``, ``provider``,
+        ``model``, ``input_tokens``, ``output_tokens``, ``usd_micros``, ``estimated``,
+        ``max_tokens``, ``projected`` (a ``Spend`` dict), ``thread_id``,
+        ``checkpoint_ns``, ``node``."""
+        with self._lock:
+            return list(self._calls)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Limit keys whose ``warn_at`` threshold this step's calls reached (each once)."""
+        with self._lock:
+            return list(self._warnings)
+
+    # -- intake -------------------------------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Project the call and block it if the budget or the pool cannot cover it."""
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        tools = params.get("tools")
+        counted = sum(
+            count_tokens_approximately(
+                batch, tools=tools if isinstance(tools, list) and tools else None
+            )
+            for batch in messages
+        )
+        self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Same as :meth:`on_chat_model_start`, for completion (non-chat) models."""
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        counted = count_tokens_approximately([("human", p) for p in prompts])
+        self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+
+    def _intake(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        metadata: Mapping[str, Any],
+        params: Mapping[str, Any],
+        input_tokens: int,
+    ) -> None:
+        active = _ACTIVE.get()
+        if active is not None and active is not self:
+            return  # a meter nested in this one (an inner guarded step) meters the call
+        provider = metadata.get("ls_provider")
+        model = metadata.get("ls_model_name")
+        if not model:
+            model = next((params[n] for n in _MODEL_PARAMS if params.get(n)), None)
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError(
+                "A model call reports no model name (no ls_model_name in its run metadata, "
+                "no model in its invocation params), so its cost is unknown. Give the chat "
+                "model a model name (its `model`/`model_name` field, or override "
+                "_get_ls_params to report ls_model_name)."
+            )
+        provider = provider if isinstance(provider, str) and provider else None
+        if self.budget.no_usage == "refuse" and (provider, model) in _NO_USAGE_MODELS:
+            raise ConfigurationError(
+                f"Model {model!r} (provider {provider!r}) reports no usage_metadata and "
+                "Budget.no_usage='refuse': the call was not made. Use a chat model "
+                "integration that reports usage, or set Budget(no_usage='estimate')."
+            )
+        max_tokens = _max_tokens(metadata, params)
+        output_tokens = max_tokens or 0
+        projected = Spend(
+            usd_micros=price_call(provider, model, input_tokens, output_tokens, prices=self.prices),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        agent = self.agent
+        # What enclosing steps spent themselves so far is not in this step's ledger yet.
+        outer = _ZERO
+        parent = self._outer
+        while parent is not None:
+            outer = outer + parent._own_so_far()
+            parent = parent._outer
+        with self._lock:
+            if self.key is None:
+                thread = metadata.get("thread_id")
+                ns = metadata.get("langgraph_checkpoint_ns")
+                # Outside a graph there is nothing stable to key on: keys are unique only.
+                self.key = f"{thread}|{ns}" if thread or ns else f"meter-{uuid4().hex}"
+            # Own calls (ended and in flight) count for the agent; nested steps' calls
+            # (other agents) and enclosing steps' count for the thread only.
+            own = self._spent + self._in_flight() if self._pending else self._spent
+            total = self._before + own
+            if self._nested is not _ZERO:
+                total = total + self._nested
+            if outer is not _ZERO:
+                total = total + outer
+            trip, warnings = check_spend(
+                total,
+                projected,
+                self.budget,
+                agent=agent,
+                spent_by_agent={agent: self._agent_before + own},
+                grants=self.grants,
+                warned=self._warned,
+                hops=self.hops,
+            )
+            if trip is not None:
+                self._tripped(trip)
+            index = self._started
+            self._started += 1
+            call_key = f"{self.key}|{index}"
+            where = {
+                "thread_id": metadata.get("thread_id"),
+                "checkpoint_ns": metadata.get("langgraph_checkpoint_ns"),
+                "node": metadata.get("langgraph_node"),
+            }
+            pending = _Pending(
+                index=index,
+                key=call_key,
+                provider=provider,
+                model=model,
+                input_tokens=input_tokens,
+                max_tokens=max_tokens,
+                projected=projected,
+                reservation=None,
+                parent_run_id=str(parent_run_id) if parent_run_id else None,
+                where=where,
+            )
+            # Counted as in flight before the pool is asked, so a parallel call of this
+            # step sees it.
+            self._pending[run_id] = pending
+            for key in warnings:
+                self._warned.add(key)
+                self._warnings.append(key)
+        for key in warnings:
+            logger.warning(
+                "Budget warning: the model calls of %r reached %s of the %s limit.",
+                agent,
+                f"{self.budget.warn_at:.0%}",
+                key,
+            )
+        if self.pool is not None:
+            try:
+                reservation = self.pool.reserve(projected, key=call_key)
+            except BaseException:
+                with self._lock:
+                    self._pending.pop(run_id, None)
+                raise
+            if reservation is None:
+                with self._lock:
+                    self._pending.pop(run_id, None)
+                    self._tripped(
+                        _trip(
+                            "The next model call would exceed the shared budget pool (next "
+                            f"call ~{_usd(projected.usd_micros)}, {projected.tokens} tokens, "
+                            f"agent={agent!r}): the pool refused the reservation. Raise the "
+                            f"pool's limit, {_REMEDY}",
+                            key="pool",
+                            limit=None,
+                            observed=projected.usd,
+                            agent=agent,
+                            hops=self.hops,
+                            scope="pool",
+                        )
+                    )
+            pending.reservation = reservation
+
+    def _in_flight(self) -> Spend:
+        """Projections of this step's calls not yet ended (called under the lock)."""
+        total = _ZERO
+        for pending in self._pending.values():
+            total = total + pending.projected
+        return total
+
+    def _own_so_far(self) -> Spend:
+        with self._lock:
+            return self._spent + self._in_flight()
+
+    def _add_nested(self, actual: Spend) -> None:
+        with self._lock:
+            self._nested = self._nested + actual
+
+    def _tripped(self, trip: Trip) -> None:
+        """Keep the step's first trip and raise it (called under the lock)."""
+        if self.trip is None:
+            self.trip = trip
+        raise BudgetExceeded(
+            trip["message"],
+            limit=trip["limit"],
+            observed=trip["observed"],
+            agent=trip["agent"],
+            scope=trip["scope"],
+            trip=trip,
+        )
+
+    # -- after the call -------------------------------------------------------------------
+
+    def on_llm_end(
+        self,
+        response: LLMResult,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record what the call used, commit its reservation, and call ``on_call``."""
+        with self._lock:
+            pending = self._pending.get(run_id)
+        if pending is None:
+            return  # not a call this meter admitted (it started before the meter)
+        usage = _reported_usage(response)
+        estimated = usage is None
+        if usage is None:
+            usage = (pending.input_tokens, _estimated_output(response))
+        input_tokens, output_tokens = usage
+        actual = Spend(
+            usd_micros=price_call(
+                pending.provider,
+                pending.model,
+                input_tokens,
+                output_tokens,
+                prices=self.prices,
+            ),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        record: dict[str, Any] = {
+            "key": pending.key,
+            "index": pending.index,
+            "run_id": str(run_id),
+            "parent_run_id": pending.parent_run_id,
+            "agent": self.agent,
+            "provider": pending.provider,
+            "model": pending.model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "usd_micros": actual.usd_micros,
+            "estimated": estimated,
+            "max_tokens": pending.max_tokens,
+            "projected": pending.projected.to_dict(),
+            **pending.where,
+        }
+        with self._lock:
+            self._pending.pop(run_id, None)
+            self._spent = self._spent + actual
+            self._calls.append(record)
+        parent = self._outer
+        while parent is not None:
+            parent._add_nested(actual)
+            parent = parent._outer
+        if self.pool is not None and pending.reservation is not None:
+            self.pool.commit(pending.reservation, actual)
+        if self.on_call is not None:
+            self.on_call(record)
+        if estimated and self.budget.no_usage == "refuse":
+            _NO_USAGE_MODELS.add((pending.provider, pending.model))
+            raise ConfigurationError(
+                f"Model {pending.model!r} (provider {pending.provider!r}) answered without "
+                f"usage_metadata and Budget.no_usage='refuse'. This call's spend was "
+                f"estimated ({input_tokens} input + {output_tokens} output tokens, "
+                f"{_usd(actual.usd_micros)}) and recorded; later calls to the model are "
+                "refused. Use a chat model integration that reports usage, or set "
+                "Budget(no_usage='estimate')."
+            )
+
+    def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Forget the failed call and release its pool reservation."""
+        with self._lock:
+            pending = self._pending.pop(run_id, None)
+        if pending is not None and self.pool is not None and pending.reservation is not None:
+            self.pool.release(pending.reservation)
+
+    def close(self) -> None:
+        """Release the reservations of calls that never ended (call when the step ends)."""
+        with self._lock:
+            left = list(self._pending.values())
+            self._pending.clear()
+        if self.pool is not None:
+            for pending in left:
+                if pending.reservation is not None:
+                    self.pool.release(pending.reservation)
+
+
+_ACTIVE: ContextVar[BudgetMeter | None] = ContextVar("sanegraph_budget_meter", default=None)
+# LangChain adds the active meter to every callback manager it configures in this context,
+# even for a call given its own ``callbacks`` (as get_usage_metadata_callback does).
+register_configure_hook(_ACTIVE, inheritable=True)
+
+
+@contextmanager
+def metering(meter: BudgetMeter) -> Iterator[BudgetMeter]:
+    """Meter every model call made in this context (and in tasks and runnables it starts).
+
+    Inside the block, LangChain adds ``meter`` to the callbacks of every runnable it
+    configures: model calls made with no config, with the node's original config, with a
+    config of their own (even one with explicit ``callbacks``), inside chains, tools,
+    ``RunnableLambda``s, ``batch`` and subgraphs, sync or async (contextvars follow
+    ``asyncio`` tasks). Calls made from threads started by hand (a raw
+    ``ThreadPoolExecutor``) are not seen: contextvars do not cross into them.
+
+    Blocks nest: a meter activated inside another's block (a guarded step inside a
+    guarded step) meters the calls made in its block alone, so each call is metered once,
+    by the innermost step; what it spends is passed up as the outer meter's
+    :attr:`~BudgetMeter.nested_spent`, and its checks count what the enclosing steps
+    spent themselves.
+
+    Example:
+        ```python
+        meter = BudgetMeter(Budget(usd=5), agent="analyst")
+        with metering(meter):
+            agent(state)  # every model call inside is projected, checked and recorded
+        ```
+    """
+    outer = _ACTIVE.get()
+    if outer is not meter:
+        meter._outer = outer
+    token = _ACTIVE.set(meter)
+    try:
+        yield meter
+    finally:
+        _ACTIVE.reset(token)
