@@ -1,0 +1,300 @@
+"""The journal: idempotent model-call and step rows in the checkpoints' SQLite file,
+written through the saver's own connection and lock while LangGraph checkpoints."""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+import sqlite3
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import ExecutionInfo, Runtime
+from langgraph.types import Send
+
+from sanegraph.checkpoints import async_sqlite_saver, sqlite_saver
+from sanegraph.checkpoints.journal import CALLS_TABLE, STEPS_TABLE, Journal, TaskKey
+from sanegraph.guards import ConfigurationError
+from sanegraph.guards.budget import Spend
+
+TASK = TaskKey(thread_id="t1", checkpoint_ns="agent:abc", checkpoint_id="c1", task_id="abc")
+CALL = Spend(usd_micros=1_500, input_tokens=1_000, output_tokens=200)
+
+
+def _tables(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+        return dict(rows.fetchall())
+
+
+# -- unit tier: keys and values ---------------------------------------------------------
+
+
+def test_task_key_of_execution_info_and_call_key() -> None:
+    info = ExecutionInfo(
+        checkpoint_id="c1", checkpoint_ns="agent:abc", task_id="abc", thread_id="t1"
+    )
+
+    assert TaskKey.of(info) == TASK
+    assert json.loads(TASK.call_key(2)) == ["t1", "agent:abc", "c1", "abc", 2]
+
+
+def test_task_key_without_a_thread_says_to_add_a_checkpointer() -> None:
+    info = ExecutionInfo(checkpoint_id="c1", checkpoint_ns="", task_id="abc")
+
+    with pytest.raises(
+        ConfigurationError,
+        match=re.escape(
+            "The graph runs without a checkpointer, so its tasks have no thread to journal "
+            "under. Compile it with checkpointer=... and pass "
+            "config={'configurable': {'thread_id': ...}}."
+        ),
+    ):
+        TaskKey.of(info)
+
+
+def test_task_key_rejects_an_empty_task_id() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=re.escape(
+            "TaskKey.task_id must be a non-empty str, got ''. Build the key inside a node "
+            "with TaskKey.of(runtime.execution_info)."
+        ),
+    ):
+        TaskKey(thread_id="t1", checkpoint_id="c1", task_id="")
+
+
+# -- the journal on a file --------------------------------------------------------------
+
+
+def test_the_same_call_key_twice_is_one_row_and_counted_once(tmp_path: Path) -> None:
+    with Journal(tmp_path / "runs" / "journal.sqlite") as journal:
+        first = journal.record_call(TASK, 0, agent="analyst", spend=CALL, model="gpt-4o")
+        again = journal.record_call(TASK, 0, agent="analyst", spend=Spend(usd_micros=9))
+
+        assert (first, again) == (True, False)
+        assert journal.thread_spend("t1") == CALL
+        assert journal.task_spend(TASK) == CALL
+        assert [(c["call_index"], c["usd_micros"], c["model"]) for c in journal.calls("t1")] == [
+            (0, 1_500, "gpt-4o")
+        ]
+
+
+def test_spend_sums_calls_tasks_and_threads_apart(tmp_path: Path) -> None:
+    other_task = TaskKey(thread_id="t1", checkpoint_id="c2", task_id="def")
+    other_thread = TaskKey(thread_id="t2", checkpoint_id="c1", task_id="abc")
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.record_call(TASK, 0, agent="analyst", spend=CALL)
+        journal.record_call(TASK, 1, agent="analyst", spend=CALL)
+        journal.record_call(other_task, 0, agent="writer", spend=Spend(usd_micros=7))
+        journal.record_call(other_thread, 0, agent="analyst", spend=CALL)
+
+        assert journal.task_spend(TASK) == CALL + CALL
+        assert journal.thread_spend("t1") == CALL + CALL + Spend(usd_micros=7)
+        assert journal.thread_spend("t2") == CALL
+        assert journal.thread_spend("nobody") == Spend()
+        assert [(c["task_id"], c["call_index"], c["agent"]) for c in journal.calls("t1")] == [
+            ("abc", 0, "analyst"),
+            ("abc", 1, "analyst"),
+            ("def", 0, "writer"),
+        ]
+
+
+def test_a_step_rerun_replaces_its_row(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        first = journal.record_step(
+            TASK, agent="analyst", hop=3, status="failed", latency_us=1_200, tripped="hop_cap"
+        )
+        again = journal.record_step(TASK, agent="analyst", hop=3, status="success", latency_us=900)
+
+        assert (first, again) == (True, False)
+        assert [
+            (s["agent"], s["hop"], s["status"], s["latency_us"], s["tripped"])
+            for s in journal.steps("t1")
+        ] == [("analyst", 3, "success", 900, None)]
+
+
+def test_two_journals_on_one_file_see_each_other(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as one, Journal(path) as two:
+        assert one.record_call(TASK, 0, agent="analyst", spend=CALL)
+        assert not two.record_call(TASK, 0, agent="analyst", spend=CALL)
+        assert two.thread_spend("t1") == CALL
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"spend": Spend(usd_micros=-1)},
+            "spend.usd_micros must be a whole number >= 0, got -1. Pass e.g. "
+            "Spend(usd_micros=1_500, input_tokens=1_000, output_tokens=200).",
+        ),
+        (
+            {"spend": {"usd_micros": 1}},
+            "spend must have usd_micros, input_tokens and output_tokens, got dict.",
+        ),
+        ({"agent": ""}, "agent must be a non-empty str, got ''."),
+        (
+            {"call_index": -1},
+            "call_index must be a whole number >= 0, got -1. Number the calls of one task "
+            "0, 1, 2... in call order.",
+        ),
+    ],
+)
+def test_bad_call_values_say_what_to_pass(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    call: dict[str, Any] = {"call_index": 0, "agent": "analyst", "spend": CALL, **kwargs}
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            journal.record_call(TASK, call.pop("call_index"), **call)
+        assert journal.calls("t1") == []
+
+
+def test_a_checkpointer_that_is_not_sqlite_is_refused() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=re.escape(
+            "Journal needs a SQLite file path or a SqliteSaver, got InMemorySaver. "
+            "Pass e.g. Journal('runs/checkpoints.sqlite')."
+        ),
+    ):
+        Journal(InMemorySaver())  # type: ignore[arg-type]
+
+
+async def test_an_async_saver_is_refused_naming_the_path_form(tmp_path: Path) -> None:
+    async with async_sqlite_saver(tmp_path / "checkpoints.sqlite") as saver:
+        with pytest.raises(
+            ConfigurationError,
+            match=re.escape(
+                "Journal cannot write through an AsyncSqliteSaver: its connection belongs to "
+                "its event loop. Open the journal on the same file instead: "
+                "Journal('runs/checkpoints.sqlite'), and use its a* methods."
+            ),
+        ):
+            Journal(saver)  # type: ignore[arg-type]
+
+
+# -- graph tier: the journal inside a checkpointed LangGraph run ------------------------
+
+
+class State(TypedDict, total=False):
+    topic: str
+    notes: Annotated[list[str], operator.add]
+
+
+def _journaling_graph(journal: Journal, *, fail_once: list[bool] | None = None) -> Any:
+    """research -> fan-out of three writers, each journaling one model call."""
+    returned: list[bool] = []
+
+    def research(state: State, runtime: Runtime) -> dict[str, Any]:
+        task = TaskKey.of(runtime.execution_info)
+        returned.append(journal.record_call(task, 0, agent="research", spend=CALL))
+        returned.append(journal.record_call(task, 1, agent="research", spend=CALL))
+        journal.record_step(task, agent="research", hop=1, status="success", latency_us=10)
+        if fail_once:
+            fail_once.pop()
+            raise RuntimeError("the process died after spending")
+        return {"notes": ["researched"]}
+
+    def fan_out(state: State) -> list[Send]:
+        return [Send("write", {"topic": f"part {i}"}) for i in range(3)]
+
+    def write(state: State, runtime: Runtime) -> dict[str, Any]:
+        task = TaskKey.of(runtime.execution_info)
+        journal.record_call(task, 0, agent="write", spend=Spend(usd_micros=10, output_tokens=5))
+        return {"notes": [state["topic"]]}
+
+    builder = StateGraph(State)
+    builder.add_node("research", research)
+    builder.add_node("write", write)
+    builder.add_edge(START, "research")
+    builder.add_conditional_edges("research", fan_out, ["write"])
+    builder.add_edge("write", END)
+    builder.returned = returned  # type: ignore[attr-defined]
+    return builder
+
+
+def test_the_journal_shares_the_savers_connection_while_the_graph_checkpoints(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs" / "checkpoints.sqlite"
+    config: Any = {"configurable": {"thread_id": "t1"}}
+    with sqlite_saver(path) as saver:
+        langgraph_tables = _tables(path)
+        journal = Journal(saver)
+        graph = _journaling_graph(journal).compile(checkpointer=saver)
+
+        result = graph.invoke({"topic": "tides"}, config, durability="sync")
+
+        assert sorted(result["notes"]) == ["part 0", "part 1", "part 2", "researched"]
+        assert journal.thread_spend("t1") == CALL + CALL + Spend(usd_micros=30, output_tokens=15)
+        parents = {c["checkpoint_id"] for c in journal.calls("t1")}
+        history = {
+            s.config["configurable"]["checkpoint_id"] for s in graph.get_state_history(config)
+        }
+        assert parents <= history  # each call names the checkpoint its task ran from
+        assert graph.get_state(config).values["topic"] == "tides"
+    tables = _tables(path)
+    # LangGraph's own tables are exactly as it created them; ours sit next to them.
+    assert {name: tables[name] for name in langgraph_tables} == langgraph_tables
+    assert set(tables) - set(langgraph_tables) == {CALLS_TABLE, STEPS_TABLE}
+
+
+def test_a_rerun_task_keeps_its_keys_so_spend_is_counted_once(tmp_path: Path) -> None:
+    config: Any = {"configurable": {"thread_id": "t1"}}
+    with sqlite_saver(tmp_path / "checkpoints.sqlite") as saver:
+        journal = Journal(saver)
+        builder = _journaling_graph(journal, fail_once=[True])
+        graph = builder.compile(checkpointer=saver)
+
+        with pytest.raises(RuntimeError, match="the process died after spending"):
+            graph.invoke({"topic": "tides"}, config, durability="sync")
+        graph.invoke(None, config, durability="sync")
+
+        # Same task id and parent checkpoint on the re-run: both calls were already there.
+        assert builder.returned == [True, True, False, False]
+        research = [c for c in journal.calls("t1") if c["agent"] == "research"]
+        assert [c["call_index"] for c in research] == [0, 1]
+        assert journal.thread_spend("t1").usd_micros == 2 * 1_500 + 3 * 10
+        assert len(journal.steps("t1")) == 1
+
+
+def test_a_path_journal_reads_what_the_saver_journal_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.sqlite"
+    config: Any = {"configurable": {"thread_id": "t1"}}
+    with sqlite_saver(path) as saver, Journal(path) as reader:
+        graph = _journaling_graph(Journal(saver)).compile(checkpointer=saver)
+        graph.invoke({"topic": "tides"}, config, durability="sync")
+
+        assert reader.thread_spend("t1") == CALL + CALL + Spend(usd_micros=30, output_tokens=15)
+
+
+async def test_an_async_graph_journals_next_to_an_async_saver(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.sqlite"
+    config: Any = {"configurable": {"thread_id": "t1"}}
+    journal = Journal(path)
+
+    async def agent(state: State, runtime: Runtime) -> dict[str, Any]:
+        task = TaskKey.of(runtime.execution_info)
+        await journal.arecord_call(task, 0, agent="agent", spend=CALL, provider="openai")
+        await journal.arecord_step(task, agent="agent", hop=1, status="success", latency_us=5)
+        return {"notes": ["done"]}
+
+    builder = StateGraph(State)
+    builder.add_node("agent", agent)
+    builder.add_edge(START, "agent")
+    async with async_sqlite_saver(path) as saver:
+        graph = builder.compile(checkpointer=saver)
+        await graph.ainvoke({"topic": "tides"}, config, durability="sync")
+        state = await graph.aget_state(config)
+
+    assert state.values["notes"] == ["done"]
+    assert await journal.athread_spend("t1") == CALL
+    assert [(c["agent"], c["provider"]) for c in journal.calls("t1")] == [("agent", "openai")]
+    journal.close()
