@@ -11,6 +11,7 @@ Example:
 from .checks import check_deadline, check_envelope, check_hops, make_trip
 from .envelope import Envelope, EnvelopeStatus, coerce_envelope, envelope_to_dict
 from .errors import (
+    BudgetExceeded,
     ConfigurationError,
     DeadlineExceeded,
     GuardTripped,
@@ -59,6 +60,7 @@ __all__ = (
     "AbortRun",
     "AcceptPartial",
     "Budget",
+    "BudgetExceeded",
     "ConfigurationError",
     "ContinueRun",
     "DeadlineExceeded",

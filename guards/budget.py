@@ -46,6 +46,7 @@ __all__ = (
     "NoUsage",
     "Price",
     "Spend",
+    "SpendJournal",
     "SpendPool",
     "check_spend",
     "metering",
@@ -162,6 +163,40 @@ class SpendPool(Protocol):
 
     def release(self, reservation: Any) -> object:
         """Give a reservation back: the call failed or never ended (the result is ignored)."""
+
+
+@runtime_checkable
+class SpendJournal(Protocol):
+    """Where a guarded step journals its model calls at the moment of spending.
+
+    Keys are ``(task, call index)``, with the task named by LangGraph's
+    ``runtime.execution_info`` (thread, namespace, parent checkpoint, task id). After a
+    crash LangGraph re-runs the interrupted task with the same key, so the guarded node
+    asks :meth:`prior_calls` what earlier attempts of the task spent: that spend counts
+    against the budget and goes into the step's ledger delta (never lost), and the
+    re-run's calls continue at the next index (never counted twice).
+    ``sanegraph.checkpoints.Journal`` is the SQLite implementation.
+    """
+
+    def prior_calls(self, info: Any) -> tuple[int, Spend]:
+        """``(next call index, spend)`` of the calls earlier attempts of the task
+        journaled: ``(0, Spend())`` for a task's first attempt."""
+
+    def log_call(self, info: Any, record: Mapping[str, Any]) -> object:
+        """Journal one metered call (a :attr:`BudgetMeter.calls` record, whose ``index``
+        is its call index), once per key."""
+
+    def log_step(
+        self,
+        info: Any,
+        *,
+        agent: str,
+        hop: int,
+        status: str,
+        latency_us: int,
+        tripped: str | None,
+    ) -> object:
+        """Journal one guarded step (the task's latest attempt)."""
 
 
 # -- the intake check -------------------------------------------------------------------
@@ -491,6 +526,8 @@ class BudgetMeter(BaseCallbackHandler):
         warned: Limit keys already warned about (``Ledger.warned``).
         hops: The thread's hop count, for trip records.
         key: Prefix of the call keys.
+        first_call: The index of the step's first call: a re-run of a task whose earlier
+            attempt made calls continues after them (see :class:`SpendJournal`).
 
     Attributes:
         trip: The step's first trip record, or None.
@@ -521,6 +558,7 @@ class BudgetMeter(BaseCallbackHandler):
         warned: Collection[str] = (),
         hops: int = 0,
         key: str | None = None,
+        first_call: int = 0,
     ) -> None:
         if not isinstance(budget, Budget):
             raise ConfigurationError(
@@ -545,7 +583,7 @@ class BudgetMeter(BaseCallbackHandler):
         self._pending: dict[UUID, _Pending] = {}
         self._calls: list[dict[str, Any]] = []
         self._warnings: list[str] = []
-        self._started = 0
+        self._started = first_call
         self.trip: Trip | None = None
 
     # Events this handler ignores: skipping them saves a call per chain/tool event.
@@ -708,6 +746,7 @@ class BudgetMeter(BaseCallbackHandler):
                 hops=self.hops,
             )
             if trip is not None:
+                cast(dict[str, Any], trip)["projected"] = projected.to_dict()
                 self._tripped(trip)
             index = self._started
             self._started += 1
@@ -785,6 +824,7 @@ class BudgetMeter(BaseCallbackHandler):
 
     def _tripped(self, trip: Trip) -> None:
         """Keep the step's first trip and raise it (called under the lock)."""
+        cast(dict[str, Any], trip).setdefault("projected", None)
         if self.trip is None:
             self.trip = trip
         raise BudgetExceeded(

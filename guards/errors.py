@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = (
+    "BudgetExceeded",
     "ConfigurationError",
     "DeadlineExceeded",
     "GuardTripped",
@@ -92,6 +93,8 @@ class GuardTripped(SanegraphError, RuntimeError):
             scope=trip.get("scope", "thread"),
         )
         exc.kind = kind
+        if isinstance(exc, BudgetExceeded):
+            exc.trip = dict(trip)
         return exc
 
 
@@ -111,13 +114,6 @@ class InvalidEnvelope(GuardTripped):
     """A worker's output could not be read as an ``Envelope``."""
 
     kind = "invalid_envelope"
-
-
-_BY_KIND: dict[str, type[GuardTripped]] = {
-    "hop_cap": HopCapExceeded,
-    "deadline": DeadlineExceeded,
-    "invalid_envelope": InvalidEnvelope,
-}
 
 
 class BudgetExceeded(GuardTripped):
@@ -165,4 +161,9 @@ class BudgetExceeded(GuardTripped):
         )
 
 
-_BY_KIND["budget"] = BudgetExceeded
+_BY_KIND: dict[str, type[GuardTripped]] = {
+    "hop_cap": HopCapExceeded,
+    "deadline": DeadlineExceeded,
+    "invalid_envelope": InvalidEnvelope,
+    "budget": BudgetExceeded,
+}
