@@ -2,7 +2,10 @@
 
 Open the checkpointer with :func:`sqlite_saver` (sync) or :func:`async_sqlite_saver`
 (async); after a trip, fork the thread from its last sane checkpoint with
-:func:`rollback` and resume it with ``graph.invoke(None, config)``.
+:func:`rollback` and resume it with ``graph.invoke(None, config)``. In the same file,
+:class:`Journal` journals each model call and guarded step under its task's key (the SQLite
+``SpendJournal``), and :class:`SharedBudget` keeps a spend pool that many threads and
+processes reserve from before each model call.
 
 Example:
     ```python
@@ -15,6 +18,8 @@ Example:
     ```
 """
 
+from .journal import Journal, TaskKey
+from .pool import PoolLimits, PoolStatus, Reservation, SharedBudget
 from .rollback import (
     NoSaneCheckpoint,
     RollbackError,
@@ -28,8 +33,14 @@ from .saver import DEFAULT_BUSY_TIMEOUT, async_sqlite_saver, open_sqlite_saver, 
 
 __all__ = (
     "DEFAULT_BUSY_TIMEOUT",
+    "Journal",
     "NoSaneCheckpoint",
+    "PoolLimits",
+    "PoolStatus",
+    "Reservation",
     "RollbackError",
+    "SharedBudget",
+    "TaskKey",
     "UnknownThread",
     "alast_sane_checkpoint",
     "arollback",

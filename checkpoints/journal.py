@@ -8,6 +8,12 @@ before the crash is not counted again, and one that was not journaled is counted
 ``call_index`` numbers the calls inside one task run (0, 1, 2...), in the order the task
 makes them.
 
+A guarded step uses the journal as its :class:`~sanegraph.guards.budget.SpendJournal`,
+keyed by ``runtime.execution_info``: before its first model call it asks
+:meth:`Journal.prior_calls` what earlier attempts of the task journaled, counts that spend
+against its budget and numbers its own calls after theirs (:meth:`Journal.log_call`), so
+a re-run's calls, which are paid again, are journaled next to the earlier ones.
+
 The tables are sqlite-utils tables prefixed ``sanegraph_`` (LangGraph's ``checkpoints`` and
 ``writes`` are never touched):
 
@@ -29,25 +35,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.runtime import ExecutionInfo
 
 from sanegraph.guards import ConfigurationError
-from sanegraph.guards.budget import Spend
+from sanegraph.guards.budget import Spend, SpendJournal
 
-from .saver import _PRAGMAS, DEFAULT_BUSY_TIMEOUT, StrPath, _database, _timeout
+from ._sqlite import (
+    SPEND_COLUMNS,
+    SUM_SPEND,
+    Store,
+    connect,
+    inserted,
+    nonempty_str,
+    optional_str,
+    spend_of,
+    spend_row,
+    whole_number,
+)
+from .saver import DEFAULT_BUSY_TIMEOUT, StrPath
 
 __all__ = ("CALLS_TABLE", "STEPS_TABLE", "Journal", "TaskKey")
 
@@ -58,11 +72,13 @@ STEPS_TABLE = "sanegraph_steps"
 """The journal's table of guarded steps (one row per task run, idempotent key)."""
 
 _TASK_COLUMNS = ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id")
-_SPEND_FIELDS = ("usd_micros", "input_tokens", "output_tokens")
-_RETRIES = 4
-"""How many times a transaction that found the database locked is tried again."""
-
-T = TypeVar("T")
+_KEY_WHERE = " AND ".join(f"{column} = ?" for column in _TASK_COLUMNS)
+_TASK_CALLS = (
+    f"SELECT coalesce(max(call_index) + 1, 0), {SUM_SPEND} FROM {CALLS_TABLE} WHERE {_KEY_WHERE}"
+)
+"""A task's next call index and the sums of its calls' spend, in one statement."""
+_RECORD_KEYS = ("index", "agent", *SPEND_COLUMNS)
+"""What :meth:`Journal.log_call` needs from a ``BudgetMeter.calls`` record."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,11 +106,11 @@ class TaskKey:
     """LangGraph's task id."""
 
     def __post_init__(self) -> None:
-        for name in _TASK_COLUMNS:
-            value = getattr(self, name)
-            if not isinstance(value, str) or (not value and name != "checkpoint_ns"):
+        for column in _TASK_COLUMNS:
+            value = getattr(self, column)
+            if not isinstance(value, str) or (not value and column != "checkpoint_ns"):
                 raise ConfigurationError(
-                    f"TaskKey.{name} must be a non-empty str, got {value!r}. Build the key "
+                    f"TaskKey.{column} must be a non-empty str, got {value!r}. Build the key "
                     "inside a node with TaskKey.of(runtime.execution_info)."
                 )
 
@@ -136,108 +152,21 @@ class TaskKey:
 # -- the I/O-free core ------------------------------------------------------------------
 
 
-def _whole(value: Any, field: str, remedy: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{field} must be a whole number >= 0, got {value!r}. {remedy}")
-    return value
-
-
 def _call_index(value: Any) -> int:
-    return _whole(value, "call_index", "Number the calls of one task 0, 1, 2... in call order.")
-
-
-def _spend_row(spend: Spend, what: str) -> dict[str, int]:
-    """``{usd_micros, input_tokens, output_tokens}`` of ``spend``, checked."""
-    remedy = "Pass e.g. Spend(usd_micros=1_500, input_tokens=1_000, output_tokens=200)."
-    row = {}
-    for field in _SPEND_FIELDS:
-        if not hasattr(spend, field):
-            raise ConfigurationError(
-                f"{what} must have usd_micros, input_tokens and output_tokens, got "
-                f"{type(spend).__name__}. {remedy}"
-            )
-        row[field] = _whole(getattr(spend, field), f"{what}.{field}", remedy)
-    return row
-
-
-def _name(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{field} must be a non-empty str, got {value!r}.")
-    return value
-
-
-def _optional_name(value: Any, field: str) -> str | None:
-    return None if value is None else _name(value, field)
-
-
-def _sum_spend(row: tuple[Any, ...] | None) -> Spend:
-    usd, inp, out = row or (0, 0, 0)
-    return Spend(usd_micros=int(usd or 0), input_tokens=int(inp or 0), output_tokens=int(out or 0))
-
-
-# -- SQLite plumbing shared with pool.py ------------------------------------------------
-
-
-def _connect(path: StrPath, timeout: float) -> sqlite3.Connection:
-    """A connection on ``path`` set up like the saver's: WAL, synchronous=NORMAL, timeout."""
-    conn = sqlite3.connect(_database(path), timeout=_timeout(timeout), check_same_thread=False)
-    try:
-        for pragma in _PRAGMAS:
-            conn.execute(pragma)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _utils(conn: sqlite3.Connection) -> sqlite_utils.Database:
-    # No pragma and no plugin hook: the connection may be the checkpointer's.
-    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-
-
-def _locked(error: sqlite3.OperationalError) -> bool:
-    text = str(error)
-    return "database is locked" in text or "database is busy" in text
-
-
-def _retrying(conn: sqlite3.Connection, work: Callable[[], T], *, write: bool) -> T:
-    """Run ``work`` (in one ``BEGIN IMMEDIATE`` transaction when ``write``), retrying locks.
-
-    The busy timeout already waited for the other writer; when it ran out, the whole
-    transaction is tried again after a short jittered back-off (``_RETRIES`` times).
-    """
-    for attempt in range(_RETRIES + 1):
-        try:
-            if not write:
-                return work()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work()
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-        except sqlite3.OperationalError as error:
-            if not _locked(error) or attempt == _RETRIES:
-                raise
-            time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _changes(conn: sqlite3.Connection, insert: Callable[[], object]) -> bool:
-    """Whether ``insert`` (an ``insert(..., ignore=True)``) added a row."""
-    before = conn.total_changes
-    insert()
-    return conn.total_changes > before
+    return whole_number(
+        value, "call_index", "Number the calls of one task 0, 1, 2... in call order."
+    )
 
 
 # -- the journal ------------------------------------------------------------------------
 
 
-class Journal:
+class Journal(Store):
     """The model-call and step journal, in a SQLite file (sync; ``a*`` methods for async).
+
+    It is the SQLite :class:`~sanegraph.guards.budget.SpendJournal`: a guarded step asks
+    :meth:`prior_calls` what earlier attempts of its task spent, journals each metered call
+    with :meth:`log_call` and the step with :meth:`log_step`.
 
     Args:
         target: A database file path, or a sync ``SqliteSaver`` whose connection and lock
@@ -263,7 +192,6 @@ class Journal:
     ) -> None:
         self._saver: SqliteSaver | None = None
         self._own: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # guards our own connection; a saver brings its lock
         if isinstance(target, SqliteSaver):
             self._saver = target
             conn = target.conn
@@ -274,19 +202,14 @@ class Journal:
                 "Journal('runs/checkpoints.sqlite'), and use its a* methods."
             )
         elif isinstance(target, (str, bytes)) or hasattr(target, "__fspath__"):
-            conn = self._own = _connect(target, timeout)
+            conn = self._own = connect(target, timeout)
         else:
             raise ConfigurationError(
                 f"Journal needs a SQLite file path or a SqliteSaver, got "
                 f"{type(target).__name__}. Pass e.g. Journal('runs/checkpoints.sqlite')."
             )
-        self._conn = conn
-        self._db = _utils(conn)
-        try:
-            self._write(self._create)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(conn)  # its lock guards our own connection; a saver brings its own
+        self._setup(self._create)
 
     # -- plumbing
 
@@ -300,18 +223,10 @@ class Journal:
             with self._lock:
                 yield
 
-    def _write(self, work: Callable[[], T]) -> T:
-        with self._session():
-            return _retrying(self._conn, work, write=True)
-
-    def _read(self, work: Callable[[], T]) -> T:
-        with self._session():
-            return _retrying(self._conn, work, write=False)
-
     def _create(self) -> None:
         db = self._db
-        key = {name: str for name in _TASK_COLUMNS}
-        counts = {name: int for name in _SPEND_FIELDS}
+        key = {column: str for column in _TASK_COLUMNS}
+        counts = {column: int for column in SPEND_COLUMNS}
         db.table(CALLS_TABLE).create(
             {
                 **key,
@@ -323,7 +238,7 @@ class Journal:
                 "created_at": float,
             },
             pk=(*_TASK_COLUMNS, "call_index"),
-            not_null={*_TASK_COLUMNS, "call_index", "agent", *_SPEND_FIELDS, "created_at"},
+            not_null={*_TASK_COLUMNS, "call_index", "agent", *SPEND_COLUMNS, "created_at"},
             if_not_exists=True,
         )
         db.table(STEPS_TABLE).create(
@@ -373,14 +288,14 @@ class Journal:
         row = {
             **task._row(),
             "call_index": _call_index(call_index),
-            "agent": _name(agent, "agent"),
-            "provider": _optional_name(provider, "provider"),
-            "model": _optional_name(model, "model"),
-            **_spend_row(spend, "spend"),
+            "agent": nonempty_str(agent, "agent"),
+            "provider": optional_str(provider, "provider"),
+            "model": optional_str(model, "model"),
+            **spend_row(spend, "spend"),
             "created_at": time.time(),
         }
         table = self._db.table(CALLS_TABLE)
-        return self._write(lambda: _changes(self._conn, lambda: table.insert(row, ignore=True)))
+        return self._write(lambda: inserted(self._conn, lambda: table.insert(row, ignore=True)))
 
     def record_step(
         self,
@@ -413,11 +328,11 @@ class Journal:
         """
         row = {
             **task._row(),
-            "agent": _name(agent, "agent"),
-            "hop": _whole(hop, "hop", "Pass the thread's hop count after the step."),
-            "status": _name(status, "status"),
-            "latency_us": _whole(latency_us, "latency_us", "Pass whole microseconds."),
-            "tripped": _optional_name(tripped, "tripped"),
+            "agent": nonempty_str(agent, "agent"),
+            "hop": whole_number(hop, "hop", "Pass the thread's hop count after the step."),
+            "status": nonempty_str(status, "status"),
+            "latency_us": whole_number(latency_us, "latency_us", "Pass whole microseconds."),
+            "tripped": optional_str(tripped, "tripped"),
             "created_at": time.time(),
         }
         table = self._db.table(STEPS_TABLE)
@@ -433,14 +348,22 @@ class Journal:
 
     def thread_spend(self, thread_id: str) -> Spend:
         """Everything the thread's journaled model calls cost (all tasks, all branches)."""
-        sql = f"SELECT {_SUMS} FROM {CALLS_TABLE} WHERE thread_id = ?"
-        return self._read(lambda: _sum_spend(self._conn.execute(sql, [thread_id]).fetchone()))
+        sql = f"SELECT {SUM_SPEND} FROM {CALLS_TABLE} WHERE thread_id = ?"
+        return self._read(lambda: spend_of(self._conn.execute(sql, [thread_id]).fetchone()))
 
     def task_spend(self, task: TaskKey) -> Spend:
         """What the journaled model calls of one task run cost."""
-        sql = f"SELECT {_SUMS} FROM {CALLS_TABLE} WHERE {_KEY_WHERE}"
+        return self._task_calls(task)[1]
+
+    def _task_calls(self, task: TaskKey) -> tuple[int, Spend]:
+        """The task's next call index (highest journaled + 1, or 0) and spend: one query."""
         values = list(task._values())
-        return self._read(lambda: _sum_spend(self._conn.execute(sql, values).fetchone()))
+
+        def work() -> tuple[int, Spend]:
+            next_index, *sums = self._conn.execute(_TASK_CALLS, values).fetchone()
+            return int(next_index), spend_of(sums)
+
+        return self._read(work)
 
     def calls(self, thread_id: str) -> list[dict[str, Any]]:
         """The thread's journaled model calls, oldest first, one dict per row."""
@@ -454,6 +377,85 @@ class Journal:
         table = self._db.table(STEPS_TABLE)
         return self._read(
             lambda: list(table.rows_where("thread_id = ?", [thread_id], order_by="rowid"))
+        )
+
+    # -- SpendJournal: what a guarded step calls, keyed by runtime.execution_info
+
+    def prior_calls(self, info: ExecutionInfo) -> tuple[int, Spend]:
+        """What earlier attempts of the running task journaled: ``(next call index, spend)``.
+
+        The task is ``TaskKey.of(info)``. The next index is the highest journaled
+        ``call_index`` + 1 (0 when the task journaled nothing, so ``(0, Spend())`` on a
+        first attempt; an index a failed call left unjournaled is not reused), and
+        ``spend`` is what those calls cost (:meth:`task_spend`). A re-run of the task
+        numbers its calls from that index, so they add to the earlier attempts' spend.
+
+        Args:
+            info: The running task's ``runtime.execution_info``.
+
+        Raises:
+            ConfigurationError: The graph runs without a checkpointer.
+        """
+        return self._task_calls(TaskKey.of(info))
+
+    def log_call(self, info: ExecutionInfo, record: Mapping[str, Any]) -> bool:
+        """Journal one metered call of the running task, once (see :meth:`record_call`).
+
+        Args:
+            info: The running task's ``runtime.execution_info``.
+            record: A ``BudgetMeter.calls`` record. Its ``index`` is the call index; its
+                ``agent``, ``usd_micros``, ``input_tokens``, ``output_tokens`` and (when
+                set) ``provider`` and ``model`` are journaled; other keys are not.
+
+        Returns:
+            True if the call was journaled now; False if ``(task, index)`` already was.
+
+        Raises:
+            ConfigurationError: The graph runs without a checkpointer, or the record lacks
+                a key or holds an unusable value.
+        """
+        missing = [key for key in _RECORD_KEYS if key not in record]
+        if missing:
+            raise ConfigurationError(
+                f"log_call needs a BudgetMeter.calls record with {', '.join(_RECORD_KEYS)}; "
+                f"this one has no {', '.join(missing)}."
+            )
+        return self.record_call(
+            TaskKey.of(info),
+            record["index"],
+            agent=record["agent"],
+            spend=Spend(**{column: record[column] for column in SPEND_COLUMNS}),
+            provider=record.get("provider"),
+            model=record.get("model"),
+        )
+
+    def log_step(
+        self,
+        info: ExecutionInfo,
+        *,
+        agent: str,
+        hop: int,
+        status: str,
+        latency_us: int,
+        tripped: str | None = None,
+    ) -> bool:
+        """Journal the running task's guarded step: :meth:`record_step` under
+        ``TaskKey.of(info)`` (a re-run replaces the row).
+
+        Returns:
+            True if the step was not journaled before.
+
+        Raises:
+            ConfigurationError: The graph runs without a checkpointer, or a value is not
+                usable.
+        """
+        return self.record_step(
+            TaskKey.of(info),
+            agent=agent,
+            hop=hop,
+            status=status,
+            latency_us=latency_us,
+            tripped=tripped,
         )
 
     # -- async shell: the same calls in a worker thread, off the event loop
@@ -512,17 +514,7 @@ class Journal:
         if conn is not None:
             conn.close()
 
-    def __enter__(self) -> Journal:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-_SUMS = ", ".join(f"coalesce(sum({field}), 0)" for field in _SPEND_FIELDS)
-_KEY_WHERE = " AND ".join(f"{name} = ?" for name in _TASK_COLUMNS)
+if TYPE_CHECKING:
+    # mypy checks here that Journal implements the protocol (isinstance only sees names).
+    _spend_journal: type[SpendJournal] = Journal

@@ -41,21 +41,28 @@ import asyncio
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from types import TracebackType
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, Literal, TypedDict
 
 from sqlite_utils.db import NotFoundError
 
 from sanegraph.guards import ConfigurationError
 from sanegraph.guards.budget import Spend
 
-from .journal import _changes, _connect, _name, _retrying, _spend_row, _utils
+from ._sqlite import (
+    SPEND_COLUMNS,
+    SUM_SPEND,
+    Store,
+    connect,
+    inserted,
+    nonempty_str,
+    spend_of,
+    spend_row,
+)
 from .saver import DEFAULT_BUSY_TIMEOUT, StrPath
 
 __all__ = (
@@ -81,10 +88,6 @@ COMMITS_TABLE = "sanegraph_pool_commits"
 Dollars = int | float | Decimal
 """An amount in US dollars (converted to whole micro-dollars, rounding half to even)."""
 
-T = TypeVar("T")
-
-_COUNTS = ("usd_micros", "input_tokens", "output_tokens")
-_SUMS = ", ".join(f"coalesce(sum({field}), 0)" for field in _COUNTS)
 _MICROS = Decimal(1_000_000)
 
 
@@ -188,15 +191,15 @@ def _total(spend: Spend) -> int:
 
 
 def _spend(row: dict[str, Any], prefix: str = "") -> Spend:
-    return Spend(**{field: int(row[prefix + field]) for field in _COUNTS})
+    return Spend(**{field: int(row[prefix + field]) for field in SPEND_COLUMNS})
 
 
 def _minus(a: Spend, b: Spend) -> Spend:
-    return Spend(**{field: getattr(a, field) - getattr(b, field) for field in _COUNTS})
+    return Spend(**{field: getattr(a, field) - getattr(b, field) for field in SPEND_COLUMNS})
 
 
 def _counters(prefix: str, spend: Spend) -> dict[str, int]:
-    return {prefix + field: getattr(spend, field) for field in _COUNTS}
+    return {prefix + field: getattr(spend, field) for field in SPEND_COLUMNS}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,7 +246,7 @@ class PoolStatus(TypedDict):
 # -- the SQLite shell -------------------------------------------------------------------
 
 
-class SharedBudget:
+class SharedBudget(Store):
     """A spend pool shared by every thread and process that opens it on the same file.
 
     Args:
@@ -293,7 +296,7 @@ class SharedBudget:
         timeout: float = DEFAULT_BUSY_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.name = _name(name, "SharedBudget name")
+        self.name = nonempty_str(name, "SharedBudget name")
         """The pool's name."""
         limits = PoolLimits.of(usd=usd, tokens=tokens)
         if (
@@ -308,29 +311,19 @@ class SharedBudget:
             )
         self.lease_seconds = float(lease_seconds)
         """How long a reservation holds room without a commit or a release."""
-        self._conn = _connect(path, timeout)
+        super().__init__(connect(path, timeout))
         self.path: str = os.fspath(path)
         """The SQLite file holding the pool."""
         self._clock = clock
         self._host = socket.gethostname()
-        self._lock = threading.Lock()
-        self._db = _utils(self._conn)
-        try:
-            self._write(lambda: self._open(limits))
-        except BaseException:
-            self._conn.close()
-            raise
+        self._setup(lambda: self._open(limits))
 
     # -- plumbing
 
-    def _write(self, work: Callable[[], T]) -> T:
-        with self._lock:
-            return _retrying(self._conn, work, write=True)
-
     def _open(self, limits: PoolLimits) -> None:
         db = self._db
-        counts = {field: int for field in _COUNTS}
-        counters = [f"{kind}_{field}" for kind in ("spent", "reserved") for field in _COUNTS]
+        counts = {field: int for field in SPEND_COLUMNS}
+        counters = [f"{kind}_{field}" for kind in ("spent", "reserved") for field in SPEND_COLUMNS]
         db.table(POOLS_TABLE).create(
             {
                 "name": str,
@@ -357,7 +350,7 @@ class SharedBudget:
                 "host": str,
             },
             pk="id",
-            not_null={"id", "pool", "key", *_COUNTS, "expires_at"},
+            not_null={"id", "pool", "key", *SPEND_COLUMNS, "expires_at"},
             if_not_exists=True,
         )
         db.table(RESERVATIONS_TABLE).create_index(["pool", "expires_at"], if_not_exists=True)
@@ -372,7 +365,7 @@ class SharedBudget:
                 "host": str,
             },
             pk=("pool", "key"),
-            not_null={"pool", "key", *_COUNTS},
+            not_null={"pool", "key", *SPEND_COLUMNS},
             if_not_exists=True,
         )
         try:
@@ -424,11 +417,11 @@ class SharedBudget:
         reserved = _spend(row, "reserved_")
         where, args = "pool = ? AND expires_at <= ?", [self.name, now]
         stale, *sums = self._conn.execute(
-            f"SELECT count(*), {_SUMS} FROM {RESERVATIONS_TABLE} WHERE {where}", args
+            f"SELECT count(*), {SUM_SPEND} FROM {RESERVATIONS_TABLE} WHERE {where}", args
         ).fetchone()
         if stale:
             self._conn.execute(f"DELETE FROM {RESERVATIONS_TABLE} WHERE {where}", args)
-            reserved = _minus(reserved, Spend(**dict(zip(_COUNTS, sums, strict=True))))
+            reserved = _minus(reserved, spend_of(sums))
             self._set(reserved=reserved, now=now)
         return row, reserved
 
@@ -455,12 +448,12 @@ class SharedBudget:
         where = "id = ? AND pool = ?"
         args = [reservation.id, self.name]
         held = self._conn.execute(
-            f"SELECT {', '.join(_COUNTS)} FROM {RESERVATIONS_TABLE} WHERE {where}", args
+            f"SELECT {', '.join(SPEND_COLUMNS)} FROM {RESERVATIONS_TABLE} WHERE {where}", args
         ).fetchone()
         if held is None:
             return None
         self._conn.execute(f"DELETE FROM {RESERVATIONS_TABLE} WHERE {where}", args)
-        return Spend(**dict(zip(_COUNTS, held, strict=True)))
+        return spend_of(held)
 
     # -- the pool
 
@@ -481,9 +474,9 @@ class SharedBudget:
         Raises:
             ConfigurationError: ``amount`` or ``key`` is not usable.
         """
-        counts = _spend_row(amount, "amount")
+        counts = spend_row(amount, "amount")
         wanted = Spend(**counts)
-        key = _name(key, "key")
+        key = nonempty_str(key, "key")
 
         def work() -> Reservation | None:
             now = self._clock()
@@ -529,7 +522,7 @@ class SharedBudget:
             ConfigurationError: ``actual`` is not usable, or the reservation is another
                 pool's.
         """
-        counts = _spend_row(actual, "actual")
+        counts = spend_row(actual, "actual")
 
         def work() -> bool:
             now = self._clock()
@@ -548,7 +541,7 @@ class SharedBudget:
                 "host": self._host,
             }
             table = self._db.table(COMMITS_TABLE)
-            counted = _changes(self._conn, lambda: table.insert(record, ignore=True))
+            counted = inserted(self._conn, lambda: table.insert(record, ignore=True))
             spent = _spend(row, "spent_") + Spend(**counts) if counted else None
             self._set(spent=spent, reserved=reserved, now=now)
             return counted
@@ -645,19 +638,7 @@ class SharedBudget:
 
     def close(self) -> None:
         """Close the pool's connection (reservations stay in the file until they expire)."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> SharedBudget:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().close()
 
 
 def _limits(row: dict[str, Any]) -> PoolLimits:

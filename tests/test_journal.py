@@ -3,6 +3,7 @@ written through the saver's own connection and lock while LangGraph checkpoints.
 
 from __future__ import annotations
 
+import inspect
 import json
 import operator
 import re
@@ -16,13 +17,38 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import ExecutionInfo, Runtime
 from langgraph.types import Send
 
-from sanegraph.checkpoints import async_sqlite_saver, sqlite_saver
-from sanegraph.checkpoints.journal import CALLS_TABLE, STEPS_TABLE, Journal, TaskKey
+from sanegraph.checkpoints import Journal, TaskKey, async_sqlite_saver, sqlite_saver
+from sanegraph.checkpoints.journal import CALLS_TABLE, STEPS_TABLE
 from sanegraph.guards import ConfigurationError
-from sanegraph.guards.budget import Spend
+from sanegraph.guards.budget import BudgetMeter, Spend, SpendJournal, metering
+from sanegraph.guards.policy import Budget
+from sanegraph.guards.testing import ScriptedChatModel
 
 TASK = TaskKey(thread_id="t1", checkpoint_ns="agent:abc", checkpoint_id="c1", task_id="abc")
 CALL = Spend(usd_micros=1_500, input_tokens=1_000, output_tokens=200)
+INFO = ExecutionInfo(checkpoint_id="c1", checkpoint_ns="agent:abc", task_id="abc", thread_id="t1")
+"""The ``runtime.execution_info`` of TASK (a plain frozen dataclass in LangGraph)."""
+
+
+def _record(index: int, spend: Spend = CALL, **changes: Any) -> dict[str, Any]:
+    """A call record shaped as ``BudgetMeter.calls`` gives it to ``on_call``."""
+    return {
+        "key": f"t1|agent:abc|{index}",
+        "index": index,
+        "run_id": f"run-{index}",
+        "parent_run_id": None,
+        "agent": "analyst",
+        "provider": "openai",
+        "model": "gpt-4o",
+        **spend.to_dict(),
+        "estimated": False,
+        "max_tokens": 256,
+        "projected": Spend(usd_micros=2_000, input_tokens=1_000, output_tokens=256).to_dict(),
+        "thread_id": "t1",
+        "checkpoint_ns": "agent:abc",
+        "node": "agent",
+        **changes,
+    }
 
 
 def _tables(path: Path) -> dict[str, str]:
@@ -180,6 +206,126 @@ async def test_an_async_saver_is_refused_naming_the_path_form(tmp_path: Path) ->
             Journal(saver)  # type: ignore[arg-type]
 
 
+# -- the SpendJournal methods, keyed by runtime.execution_info ---------------------------
+
+
+def test_the_journal_is_a_spend_journal_with_the_protocols_signatures(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        assert isinstance(journal, SpendJournal)
+    for method in ("prior_calls", "log_call", "log_step"):
+        protocol = inspect.signature(getattr(SpendJournal, method)).parameters.values()
+        journal_method = inspect.signature(getattr(Journal, method)).parameters.values()
+        assert [(p.name, p.kind) for p in journal_method] == [(p.name, p.kind) for p in protocol], (
+            method
+        )
+
+
+def test_a_first_attempt_has_no_prior_calls(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        assert journal.prior_calls(INFO) == (0, Spend())
+
+
+def test_a_rerun_continues_at_the_next_index_with_the_prior_spend(tmp_path: Path) -> None:
+    second = Spend(usd_micros=700, input_tokens=300, output_tokens=40)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        # The first attempt: two calls journaled, then the process dies.
+        assert journal.log_call(INFO, _record(0))
+        assert journal.log_call(INFO, _record(1, second))
+        # Other tasks and threads, and another attempt number, do not change the task's key.
+        journal.log_call(INFO.patch(task_id="def"), _record(0, Spend(usd_micros=9)))
+        journal.log_call(INFO.patch(thread_id="t2"), _record(5, Spend(usd_micros=9)))
+        rerun = INFO.patch(node_attempt=2, run_id="another-run")
+
+        assert journal.prior_calls(rerun) == (2, CALL + second)
+
+        # The re-run's calls are numbered after the first attempt's and add to its spend.
+        assert journal.log_call(rerun, _record(2))
+        assert journal.prior_calls(INFO) == (3, CALL + second + CALL)
+        assert journal.task_spend(TASK) == CALL + second + CALL
+        assert [
+            (c["task_id"], c["call_index"], c["agent"], c["provider"], c["model"])
+            for c in journal.calls("t1")
+        ] == [
+            ("abc", 0, "analyst", "openai", "gpt-4o"),
+            ("abc", 1, "analyst", "openai", "gpt-4o"),
+            ("def", 0, "analyst", "openai", "gpt-4o"),
+            ("abc", 2, "analyst", "openai", "gpt-4o"),
+        ]
+
+
+def test_the_next_index_follows_the_highest_even_after_a_gap(tmp_path: Path) -> None:
+    # Call 1 failed (no record): its index stays used, as the meter numbered it at start.
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.log_call(INFO, _record(0))
+        journal.log_call(INFO, _record(2))
+
+        assert journal.prior_calls(INFO) == (3, CALL + CALL)
+
+
+def test_logging_a_call_twice_journals_it_once(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        first = journal.log_call(INFO, _record(0))
+        again = journal.log_call(INFO, _record(0, Spend(usd_micros=9), model="other"))
+
+        assert (first, again) == (True, False)
+        assert journal.prior_calls(INFO) == (1, CALL)
+        assert [(c["call_index"], c["usd_micros"], c["model"]) for c in journal.calls("t1")] == [
+            (0, 1_500, "gpt-4o")
+        ]
+
+
+def test_a_record_without_provider_or_model_is_journaled_with_nulls(tmp_path: Path) -> None:
+    record = _record(0, provider=None)
+    del record["model"]
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        assert journal.log_call(INFO, record)
+        assert [(c["provider"], c["model"]) for c in journal.calls("t1")] == [(None, None)]
+
+
+def test_a_record_missing_a_key_says_what_the_journal_needs(tmp_path: Path) -> None:
+    record = _record(0)
+    del record["index"], record["usd_micros"]
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        with pytest.raises(
+            ConfigurationError,
+            match=re.escape(
+                "log_call needs a BudgetMeter.calls record with index, agent, usd_micros, "
+                "input_tokens, output_tokens; this one has no index, usd_micros."
+            ),
+        ):
+            journal.log_call(INFO, record)
+        assert journal.calls("t1") == []
+
+
+def test_log_step_journals_the_tasks_latest_attempt(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        first = journal.log_step(
+            INFO, agent="analyst", hop=3, status="not_run", latency_us=80, tripped="budget"
+        )
+        again = journal.log_step(
+            INFO.patch(node_attempt=2), agent="analyst", hop=3, status="success", latency_us=900
+        )
+
+        assert (first, again) == (True, False)
+        assert [
+            (s["task_id"], s["agent"], s["hop"], s["status"], s["latency_us"], s["tripped"])
+            for s in journal.steps("t1")
+        ] == [("abc", "analyst", 3, "success", 900, None)]
+
+
+def test_the_spend_journal_methods_need_a_checkpointed_thread(tmp_path: Path) -> None:
+    unthreaded = INFO.patch(thread_id=None)
+    message = re.escape("The graph runs without a checkpointer")
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        with pytest.raises(ConfigurationError, match=message):
+            journal.prior_calls(unthreaded)
+        with pytest.raises(ConfigurationError, match=message):
+            journal.log_call(unthreaded, _record(0))
+        with pytest.raises(ConfigurationError, match=message):
+            journal.log_step(unthreaded, agent="analyst", hop=1, status="success", latency_us=1)
+        assert (journal.calls("t1"), journal.steps("t1")) == ([], [])
+
+
 # -- graph tier: the journal inside a checkpointed LangGraph run ------------------------
 
 
@@ -298,3 +444,63 @@ async def test_an_async_graph_journals_next_to_an_async_saver(tmp_path: Path) ->
     assert await journal.athread_spend("t1") == CALL
     assert [(c["agent"], c["provider"]) for c in journal.calls("t1")] == [("agent", "openai")]
     journal.close()
+
+
+def test_a_metered_task_rerun_after_a_crash_keeps_its_prior_spend_once(tmp_path: Path) -> None:
+    """What a guarded step does: prior_calls first, then BudgetMeter(first_call=...) with
+    on_call=log_call. The re-run's calls follow the first attempt's; nothing is lost."""
+    config: Any = {"configurable": {"thread_id": "t1"}}
+    model = ScriptedChatModel(["first answer", "second answer", "third answer"], max_tokens=64)
+    crash = [True]
+    prior: list[tuple[int, Spend]] = []
+    metered: list[list[dict[str, Any]]] = []
+
+    with sqlite_saver(tmp_path / "checkpoints.sqlite") as saver:
+        journal = Journal(saver)
+
+        def agent(state: State, runtime: Runtime) -> dict[str, Any]:
+            info = runtime.execution_info
+            first, spent = journal.prior_calls(info)
+            prior.append((first, spent))
+            meter = BudgetMeter(
+                Budget(usd=5),
+                agent="analyst",
+                first_call=first,
+                on_call=lambda record: journal.log_call(info, record),
+            )
+            with metering(meter):
+                try:
+                    model.invoke("question one")
+                    if crash:
+                        crash.pop()
+                        raise RuntimeError("the process died after spending")
+                    model.invoke("question two")
+                finally:
+                    metered.append(meter.calls)
+            return {"notes": ["done"]}
+
+        builder = StateGraph(State)
+        builder.add_node("agent", agent)
+        builder.add_edge(START, "agent")
+        graph = builder.compile(checkpointer=saver)
+
+        with pytest.raises(RuntimeError, match="the process died after spending"):
+            graph.invoke({"topic": "tides"}, config, durability="sync")
+        graph.invoke(None, config, durability="sync")
+
+        def spend(records: list[dict[str, Any]]) -> Spend:
+            fields = ("usd_micros", "input_tokens", "output_tokens")
+            return Spend(**{field: sum(r[field] for r in records) for field in fields})
+
+        attempt_one, attempt_two = metered
+        assert [r["index"] for r in attempt_one] == [0]
+        assert [r["index"] for r in attempt_two] == [1, 2]
+        assert prior == [(0, Spend()), (1, spend(attempt_one))]
+        assert spend(attempt_one).usd_micros > 0
+        assert [(c["call_index"], c["agent"], c["model"]) for c in journal.calls("t1")] == [
+            (0, "analyst", "gpt-4o-mini"),
+            (1, "analyst", "gpt-4o-mini"),
+            (2, "analyst", "gpt-4o-mini"),
+        ]
+        assert journal.thread_spend("t1") == spend(attempt_one + attempt_two)
+        assert graph.get_state(config).values["notes"] == ["done"]

@@ -1,0 +1,216 @@
+"""SQLite plumbing shared by the journal (``journal.py``) and the shared budgets (``pool.py``).
+
+Both keep sqlite-utils tables prefixed ``sanegraph_`` in a file that may also hold
+LangGraph's checkpoints, and both serve every thread of a process through one connection:
+
+- :func:`connect` opens it the way the saver does (WAL, ``synchronous=NORMAL``, the busy
+  timeout); :func:`database` wraps it for sqlite-utils without touching its pragmas.
+- :class:`Store` runs each operation as one short transaction behind the connection's
+  lock: ``BEGIN IMMEDIATE`` for writes, so a read and the writes that depend on it cannot
+  interleave with another connection's; ``database is locked`` after the busy timeout is
+  retried a few times with a jittered back-off (:func:`retrying`).
+- :func:`whole_number`, :func:`nonempty_str` and :func:`spend_row` check the values
+  written into the tables, with the same messages in both.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from sanegraph.guards import ConfigurationError
+from sanegraph.guards.budget import Spend
+
+from .saver import _PRAGMAS, StrPath, _database, _timeout
+
+__all__ = (
+    "SPEND_COLUMNS",
+    "SUM_SPEND",
+    "Store",
+    "connect",
+    "database",
+    "inserted",
+    "locked",
+    "nonempty_str",
+    "optional_str",
+    "retrying",
+    "spend_of",
+    "spend_row",
+    "whole_number",
+)
+
+SPEND_COLUMNS = ("usd_micros", "input_tokens", "output_tokens")
+"""The integer columns a :class:`~sanegraph.guards.budget.Spend` is stored in, in order."""
+
+SUM_SPEND = ", ".join(f"coalesce(sum({column}), 0)" for column in SPEND_COLUMNS)
+"""SQL selecting the sums of :data:`SPEND_COLUMNS` (0 over no rows)."""
+
+RETRIES = 4
+"""How many times a transaction that found the database locked is tried again."""
+
+T = TypeVar("T")
+S = TypeVar("S", bound="Store")
+
+
+# -- checked values ---------------------------------------------------------------------
+
+
+def whole_number(value: Any, field: str, remedy: str) -> int:
+    """``value`` if it is an int >= 0 (not a bool); else a ``ConfigurationError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{field} must be a whole number >= 0, got {value!r}. {remedy}")
+    return value
+
+
+def nonempty_str(value: Any, field: str) -> str:
+    """``value`` if it is a non-empty str; else a ``ConfigurationError``."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{field} must be a non-empty str, got {value!r}.")
+    return value
+
+
+def optional_str(value: Any, field: str) -> str | None:
+    """None, or ``value`` checked by :func:`nonempty_str`."""
+    return None if value is None else nonempty_str(value, field)
+
+
+def spend_row(spend: Spend, what: str) -> dict[str, int]:
+    """``{usd_micros, input_tokens, output_tokens}`` of ``spend``, checked."""
+    remedy = "Pass e.g. Spend(usd_micros=1_500, input_tokens=1_000, output_tokens=200)."
+    row = {}
+    for field in SPEND_COLUMNS:
+        if not hasattr(spend, field):
+            raise ConfigurationError(
+                f"{what} must have usd_micros, input_tokens and output_tokens, got "
+                f"{type(spend).__name__}. {remedy}"
+            )
+        row[field] = whole_number(getattr(spend, field), f"{what}.{field}", remedy)
+    return row
+
+
+def spend_of(values: Sequence[Any] | None) -> Spend:
+    """The ``Spend`` of values selected in :data:`SPEND_COLUMNS` order (NULL counts 0)."""
+    usd, inp, out = values or (0, 0, 0)
+    return Spend(usd_micros=int(usd or 0), input_tokens=int(inp or 0), output_tokens=int(out or 0))
+
+
+# -- connections and transactions -------------------------------------------------------
+
+
+def connect(path: StrPath, timeout: float) -> sqlite3.Connection:
+    """A connection on ``path`` set up like the saver's: WAL, synchronous=NORMAL, timeout."""
+    conn = sqlite3.connect(_database(path), timeout=_timeout(timeout), check_same_thread=False)
+    try:
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def database(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """sqlite-utils over ``conn``, setting no pragma and running no plugin hook (the
+    connection may be the checkpointer's)."""
+    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+
+def locked(error: sqlite3.OperationalError) -> bool:
+    """Whether ``error`` says another connection holds the lock."""
+    text = str(error)
+    return "database is locked" in text or "database is busy" in text
+
+
+def retrying(conn: sqlite3.Connection, work: Callable[[], T], *, write: bool) -> T:
+    """Run ``work`` (in one ``BEGIN IMMEDIATE`` transaction when ``write``), retrying locks.
+
+    The busy timeout already waited for the other writer; when it ran out, the whole
+    transaction is tried again after a short jittered back-off (:data:`RETRIES` times).
+    """
+    for attempt in range(RETRIES + 1):
+        try:
+            if not write:
+                return work()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+        except sqlite3.OperationalError as error:
+            if not locked(error) or attempt == RETRIES:
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def inserted(conn: sqlite3.Connection, insert: Callable[[], object]) -> bool:
+    """Whether ``insert`` (an ``insert(..., ignore=True)``) added a row."""
+    before = conn.total_changes
+    insert()
+    return conn.total_changes > before
+
+
+class Store:
+    """One connection that an object's methods share across threads, and its lifetime.
+
+    Every operation runs inside :meth:`_session` (this object's lock unless a subclass
+    says otherwise) as one transaction, retried by :func:`retrying` when it found the
+    database locked. A store is a context manager that calls ``close()`` on exit.
+
+    Args:
+        conn: The connection (the store's own, or one it shares).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._db = database(conn)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _session(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def _write(self, work: Callable[[], T]) -> T:
+        with self._session():
+            return retrying(self._conn, work, write=True)
+
+    def _read(self, work: Callable[[], T]) -> T:
+        with self._session():
+            return retrying(self._conn, work, write=False)
+
+    def _setup(self, work: Callable[[], object]) -> None:
+        """Write the tables (first use of the file); close the store if that fails."""
+        try:
+            self._write(work)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
