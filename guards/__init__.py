@@ -8,6 +8,7 @@ Example:
     ```
 """
 
+from .budget import Price, Spend
 from .checks import check_deadline, check_envelope, check_hops, make_trip
 from .envelope import Envelope, EnvelopeStatus, coerce_envelope, envelope_to_dict
 from .errors import (
@@ -82,8 +83,10 @@ __all__ = (
     "Ledger",
     "OwnerAction",
     "OwnerPolicy",
+    "Price",
     "RunStatus",
     "SanegraphError",
+    "Spend",
     "StepDelta",
     "Trip",
     "best_partial",

@@ -46,6 +46,7 @@ __all__ = (
     "NoUsage",
     "Price",
     "Spend",
+    "SpendGroup",
     "SpendJournal",
     "SpendPool",
     "check_spend",
@@ -127,6 +128,41 @@ class Spend:
 
 
 _ZERO = Spend()
+
+
+class SpendGroup:
+    """The budget meters of steps that run at the same time in one thread.
+
+    Parallel branches of a superstep all start from the same ledger, so none of them sees
+    what the others spend until the superstep ends. Their meters join one group, share
+    its lock, and count each other's spend (ended calls, calls in flight, and nested
+    steps') in every intake check: the branches draw on one budget. ``guarded()`` makes
+    one group per (thread, parent checkpoint, namespace level).
+    """
+
+    __slots__ = ("_members", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._members: list[BudgetMeter] = []
+
+    def join(self, meter: BudgetMeter) -> None:
+        """Add a meter (its constructor does)."""
+        with self.lock:
+            self._members.append(meter)
+
+    def others(self, meter: BudgetMeter) -> Spend:
+        """What the other members spent and have in flight (call with ``lock`` held)."""
+        total = _ZERO
+        for other in self._members:
+            if other is not meter:
+                total = total + other._spent + other._nested + other._in_flight()
+        return total
+
+    def others_locked(self, meter: BudgetMeter) -> Spend:
+        """:meth:`others`, taking the lock."""
+        with self.lock:
+            return self.others(meter)
 
 
 @runtime_checkable
@@ -528,6 +564,9 @@ class BudgetMeter(BaseCallbackHandler):
         key: Prefix of the call keys.
         first_call: The index of the step's first call: a re-run of a task whose earlier
             attempt made calls continues after them (see :class:`SpendJournal`).
+        group: The meters of steps running at the same time in the thread (parallel
+            branches of one superstep): each call's check also counts what the others
+            spent and have in flight, which their ledger deltas do not show yet.
 
     Attributes:
         trip: The step's first trip record, or None.
@@ -559,6 +598,7 @@ class BudgetMeter(BaseCallbackHandler):
         hops: int = 0,
         key: str | None = None,
         first_call: int = 0,
+        group: SpendGroup | None = None,
     ) -> None:
         if not isinstance(budget, Budget):
             raise ConfigurationError(
@@ -576,7 +616,12 @@ class BudgetMeter(BaseCallbackHandler):
         self._before = Spend.coerce(spent_before)
         self._agent_before = Spend.coerce((spent_by_agent_before or {}).get(agent))
         self._warned: set[str] = set(warned)
-        self._lock = threading.Lock()
+        self._group = group
+        # Meters of one group share a lock: a call's check and its registration as in
+        # flight are atomic across parallel branches, so two cannot both take the last room.
+        self._lock = group.lock if group is not None else threading.Lock()
+        if group is not None:
+            group.join(self)
         self._spent = _ZERO
         self._nested = _ZERO
         self._outer: BudgetMeter | None = None
@@ -720,6 +765,8 @@ class BudgetMeter(BaseCallbackHandler):
         parent = self._outer
         while parent is not None:
             outer = outer + parent._own_so_far()
+            if parent._group is not None:
+                outer = outer + parent._group.others_locked(parent)
             parent = parent._outer
         with self._lock:
             if self.key is None:
@@ -735,6 +782,8 @@ class BudgetMeter(BaseCallbackHandler):
                 total = total + self._nested
             if outer is not _ZERO:
                 total = total + outer
+            if self._group is not None:
+                total = total + self._group.others(self)
             trip, warnings = check_spend(
                 total,
                 projected,
@@ -937,6 +986,23 @@ _ACTIVE: ContextVar[BudgetMeter | None] = ContextVar("sanegraph_budget_meter", d
 # LangChain adds the active meter to every callback manager it configures in this context,
 # even for a call given its own ``callbacks`` (as get_usage_metadata_callback does).
 register_configure_hook(_ACTIVE, inheritable=True)
+
+
+class _QuietTrips(logging.Filter):
+    """Drop LangChain's warning for a call the meter blocked on purpose.
+
+    LangChain logs "Error in BudgetMeter.on_chat_model_start callback: BudgetExceeded(...)"
+    at WARNING before re-raising a ``raise_error`` handler's exception. A blocked call is
+    the budget working, recorded as a trip in the ledger; other callback errors (a
+    ``ConfigurationError`` for an unpriced model) still show.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Error in BudgetMeter.") and "BudgetExceeded(" in message)
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietTrips())
 
 
 @contextmanager

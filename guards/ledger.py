@@ -68,15 +68,8 @@ MAX_ENVELOPES = 64
 branch); past that the least recently written key is dropped."""
 
 
-class Trip(TypedDict):
-    """One guard trip, as recorded in the ledger and shown to the owner.
-
-    Example:
-        ```python
-        for trip in read_ledger(state)["trips"]:
-            print(trip["kind"], trip["agent"], trip["observed"], ">", trip["limit"])
-        ```
-    """
+class _TripCore(TypedDict):
+    """The keys every trip has (see :class:`Trip`)."""
 
     kind: str
     """``"hop_cap"``, ``"deadline"``, ``"invalid_envelope"``, ``"low_confidence"``..."""
@@ -94,9 +87,31 @@ class Trip(TypedDict):
     """The tripped task's checkpoint namespace (``"sub:id|node:id"`` inside subgraphs):
     an owner at nesting level *d* continues at the node named in segment *d*."""
     scope: str
-    """``"thread"`` or ``"agent"``."""
+    """What the limit applies to: ``"thread"``, ``"agent"``, or for budget trips also
+    ``"call"`` (one model call) and ``"pool"`` (a shared budget)."""
     hop: int
     """Total hops when it tripped."""
+
+
+class Trip(_TripCore, total=False):
+    """One guard trip, as recorded in the ledger and shown to the owner.
+
+    Every trip has ``kind``, ``message``, ``limit``, ``observed``, ``agent``, ``node``,
+    ``ns``, ``scope`` and ``hop``; some kinds add the keys below.
+
+    Example:
+        ```python
+        for trip in read_ledger(state)["trips"]:
+            print(trip["kind"], trip["agent"], trip["observed"], ">", trip["limit"])
+        ```
+    """
+
+    limit_key: str
+    """Budget trips: the limit that tripped, as a key of ``Ledger.grants``
+    (``"usd"``, ``"tokens"``, ``"per_call_tokens"``, ``"usd:<agent>"``, ``"pool"``...)."""
+    projected: dict[str, int] | None
+    """Budget trips: the blocked call's projection (``usd_micros``, ``input_tokens``,
+    ``output_tokens``); None when the pool refused it."""
 
 
 class EnvelopeRecord(TypedDict):

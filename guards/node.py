@@ -9,7 +9,9 @@ A trip never raises out of the node; it is written to the ledger and the next ed
 from __future__ import annotations
 
 import inspect
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,9 +22,10 @@ from langgraph.types import Command
 from pydantic_core import PydanticSerializationError
 
 from ._fingerprint import digest
+from .budget import BudgetMeter, Spend, SpendGroup, metering
 from .checks import check_deadline, check_envelope, check_hops
 from .envelope import Envelope, coerce_envelope, envelope_to_dict, plain_envelope_dict
-from .errors import ConfigurationError, GuardTripped
+from .errors import BudgetExceeded, ConfigurationError, GuardTripped
 from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, fold_ledger, read_ledger
 from .policy import GuardPolicy
 
@@ -31,12 +34,39 @@ __all__ = ("BRANCH_KEY", "guarded")
 BRANCH_KEY = "sanegraph_branch"
 """Key of a ``Send`` payload naming its branch; envelopes are stored under it."""
 
+_NOTHING = Spend()
 _ENVELOPE_KEYS = frozenset(("status", "result", "confidence", "reason"))
 _MISSING: Any = object()
 _NO_ENVELOPE = (
     "the agent returned a state update with no envelope; add it under 'envelope', or put "
     "an AIMessage carrying it last in 'messages'"
 )
+
+
+_GROUPS: OrderedDict[tuple[Any, ...], SpendGroup] = OrderedDict()
+_GROUPS_LOCK = threading.Lock()
+_MAX_GROUPS = 256
+
+
+def _spend_group(info: Any) -> SpendGroup | None:
+    """The group of budget meters of the steps running alongside this one: same thread,
+    same parent checkpoint, same namespace level (the parallel branches of a superstep).
+
+    Groups are kept for the last :data:`_MAX_GROUPS` supersteps, so a branch that starts
+    after its siblings finished (a thread pool smaller than the fan-out) still counts
+    what they spent; their spend reaches the ledger when the superstep ends.
+    """
+    if info is None or not info.checkpoint_id:
+        return None
+    ns = info.checkpoint_ns
+    key = (info.thread_id, info.checkpoint_id, ns.rpartition("|")[0])
+    with _GROUPS_LOCK:
+        group = _GROUPS.get(key)
+        if group is None:
+            group = _GROUPS[key] = SpendGroup()
+            if len(_GROUPS) > _MAX_GROUPS:
+                _GROUPS.popitem(last=False)
+        return group
 
 
 def _locate(trip: Trip, config: RunnableConfig, info: Any) -> None:
@@ -124,6 +154,95 @@ class _Guard:
             return ledger, agent, delta, False
         return ledger, agent, delta, True
 
+    def meter(
+        self, ledger: Ledger, agent: str, delta: StepDelta, runtime: Any
+    ) -> BudgetMeter | None:
+        """The step's budget meter, or None when the budget sets no money or token limit.
+
+        With a journal, what earlier attempts of this task spent (a re-run after a crash)
+        goes into the step's spend and counts against the budget, and the re-run's calls
+        are numbered after theirs.
+        """
+        budget = self.policy.budget
+        if budget is None or not budget.has_spend_limits:
+            return None
+        spent: Any = ledger["spent"]
+        by_agent: Any = ledger["spent_by_agent"]
+        first = 0
+        on_call = None
+        journal = self.policy.journal
+        info = getattr(runtime, "execution_info", None)
+        if journal is not None and info is not None:
+            first, prior = journal.prior_calls(info)
+            if prior != _NOTHING:
+                delta["spend"] = prior.to_dict()
+                spent = Spend.coerce(spent) + prior
+                mine = Spend.coerce(by_agent.get(agent)) + prior
+                by_agent = {**by_agent, agent: mine}
+
+            def on_call(record: dict[str, Any]) -> None:
+                journal.log_call(info, record)
+
+        return BudgetMeter(
+            budget,
+            agent=agent,
+            spent_before=spent,
+            spent_by_agent_before=by_agent,
+            pool=budget.pool,
+            on_call=on_call,
+            grants=ledger["grants"],
+            warned=ledger["warned"],
+            hops=ledger["hops"],
+            first_call=first,
+            group=_spend_group(info),
+        )
+
+    @staticmethod
+    def metered(delta: StepDelta, meter: BudgetMeter) -> None:
+        """Add what the step's own model calls spent, and new warnings, to its delta."""
+        spend = meter.spent
+        if spend != _NOTHING:
+            prior = delta.get("spend")
+            delta["spend"] = (spend + Spend.from_dict(prior) if prior else spend).to_dict()
+        if meter.warnings:
+            delta["warn"] = meter.warnings
+
+    def stopped(
+        self,
+        state: Mapping[str, Any],
+        config: RunnableConfig,
+        runtime: Any,
+        delta: StepDelta,
+        meter: BudgetMeter,
+        latency: float,
+    ) -> dict[str, Any]:
+        """The step a budget stopped mid-way: no hop, its spend, and the trip."""
+        trip = meter.trip
+        assert trip is not None
+        _locate(trip, config, getattr(runtime, "execution_info", None))
+        self.metered(delta, meter)
+        delta["latency"] = latency
+        delta["trip"] = trip
+        delta["sane"] = False
+        return self.refused(state, delta)
+
+    def journal_step(self, ledger: Ledger, delta: StepDelta, runtime: Any) -> None:
+        """Journal the step (its latest attempt), when the policy has a journal."""
+        journal = self.policy.journal
+        info = getattr(runtime, "execution_info", None)
+        if journal is None or info is None:
+            return
+        record = delta.get("record")
+        trip = delta.get("trip")
+        journal.log_step(
+            info,
+            agent=delta.get("agent") or "",
+            hop=ledger["hops"] + delta.get("hop", 0),
+            status=record["status"] if record is not None else "not_run",
+            latency_us=round(delta.get("latency", 0.0) * 1e6),
+            tripped=trip["kind"] if trip is not None else None,
+        )
+
     def _unrouted(self, ledger: Ledger, agent: str) -> None:
         trip = dict(ledger["trips"][-1]) if ledger["trips"] else {"kind": "guard", "message": ""}
         trip["message"] = (
@@ -142,6 +261,7 @@ class _Guard:
         delta: StepDelta,
         output: Any,
         latency: float,
+        meter: BudgetMeter | None = None,
     ) -> Any:
         source, update, command = _split(output)
         error: str | None = None
@@ -166,6 +286,12 @@ class _Guard:
         status = as_dict["status"]
         confidence = as_dict["confidence"]
         trip = check_envelope(as_dict, error, self.policy.envelopes, agent, hop)
+        if meter is not None:
+            self.metered(delta, meter)
+            if meter.trip is not None:
+                # The agent caught BudgetExceeded and carried on: the budget still stops
+                # the run (and outranks an envelope trip of the same step).
+                trip = meter.trip
         key = state.get(BRANCH_KEY) or agent
         record: EnvelopeRecord = {
             "agent": agent,
@@ -289,29 +415,65 @@ def guarded(
     def run(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
         ledger, agent_name, delta, go = guard.before(state, config, runtime)
         if not go:
-            return guard.refused(state, delta)
-        start = perf()
-        output = guard.call(state, config, runtime)
-        if inspect.isawaitable(output):
-            if hasattr(output, "close"):
-                output.close()
-            raise ConfigurationError(
-                f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
-                "with `async def` so guarded() builds an async node."
+            result = guard.refused(state, delta)
+        else:
+            meter = guard.meter(ledger, agent_name, delta, runtime)
+            start = perf()
+            if meter is None:
+                output = guard.call(state, config, runtime)
+            else:
+                try:
+                    with metering(meter):
+                        output = guard.call(state, config, runtime)
+                except BudgetExceeded:
+                    if meter.trip is None:
+                        raise  # not this step's meter: e.g. a subgraph owner raised it
+                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                    guard.journal_step(ledger, delta, runtime)
+                    return result
+                finally:
+                    meter.close()
+            if inspect.isawaitable(output):
+                if hasattr(output, "close"):
+                    output.close()
+                raise ConfigurationError(
+                    f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
+                    "with `async def` so guarded() builds an async node."
+                )
+            result = guard.after(
+                state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter
             )
-        return guard.after(
-            state, config, runtime, ledger, agent_name, delta, output, perf() - start
-        )
+        if guard.policy.journal is not None:
+            guard.journal_step(ledger, delta, runtime)
+        return result
 
     async def arun(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
         ledger, agent_name, delta, go = guard.before(state, config, runtime)
         if not go:
-            return guard.refused(state, delta)
-        start = perf()
-        output = await guard.call(state, config, runtime)
-        return guard.after(
-            state, config, runtime, ledger, agent_name, delta, output, perf() - start
-        )
+            result = guard.refused(state, delta)
+        else:
+            meter = guard.meter(ledger, agent_name, delta, runtime)
+            start = perf()
+            if meter is None:
+                output = await guard.call(state, config, runtime)
+            else:
+                try:
+                    with metering(meter):
+                        output = await guard.call(state, config, runtime)
+                except BudgetExceeded:
+                    if meter.trip is None:
+                        raise
+                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                    guard.journal_step(ledger, delta, runtime)
+                    return result
+                finally:
+                    meter.close()
+            result = guard.after(
+                state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter
+            )
+        if guard.policy.journal is not None:
+            guard.journal_step(ledger, delta, runtime)
+        return result
 
     node: Any
     if _is_runnable(agent):

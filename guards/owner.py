@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END
 from langgraph.types import Command, interrupt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigurationError, GuardTripped, InvalidDecision
 from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, read_ledger
-from .policy import GuardPolicy
+from .policy import GuardPolicy, OwnerAction
 
 __all__ = (
     "AbortRun",
@@ -49,6 +49,13 @@ class ContinueRun(BaseModel):
     """Hops added to the cap that tripped (global, or the agent's own)."""
     extra_seconds: float = Field(default=0.0, ge=0)
     """Seconds added to ``Budget.seconds``."""
+    extra_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """US dollars added to the money limit that tripped (the thread's, or the agent's);
+    for other trips, to ``Budget.usd``."""
+    extra_tokens: int = Field(default=0, ge=0)
+    """Tokens added to the token limit that tripped (``tokens``, ``input_tokens``,
+    ``output_tokens``, ``per_call_tokens``, or the agent's); for other trips, to
+    ``Budget.tokens``."""
     note: str = ""
     """Why; kept in the ledger's outcome trail."""
 
@@ -116,6 +123,15 @@ class Escalation(BaseModel):
     """The last envelope records (agent, status, confidence, reason), oldest first."""
     options: list[str]
     """Accepted decisions, as ``Command(resume=...)`` values."""
+    limit_key: str | None = None
+    """Budget trips: the limit that tripped (``"usd"``, ``"tokens:researcher"``, ``"pool"``...)."""
+    spent: dict[str, int] | None = None
+    """Budget trips: the thread's model spend (``usd_micros``, ``input_tokens``,
+    ``output_tokens``)."""
+    spent_by_agent: dict[str, dict[str, int]] | None = None
+    """Budget trips: model spend per agent."""
+    projected: dict[str, int] | None = None
+    """Budget trips: the blocked call's projection (None when a shared pool refused it)."""
 
 
 def best_partial(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -145,14 +161,36 @@ def outcome_of(state: Mapping[str, Any]) -> dict[str, Any] | None:
     return read_ledger(state)["outcome"]
 
 
+def _continue_option(trip: Trip) -> str:
+    kind = trip["kind"]
+    if kind == "hop_cap":
+        return "{'action': 'continue', 'extra_hops': N}"
+    if kind == "deadline":
+        return "{'action': 'continue', 'extra_seconds': S}"
+    if kind == "budget":
+        family = _budget_family(trip)
+        if family == "usd":
+            return "{'action': 'continue', 'extra_usd': D}"
+        if family == "tokens":
+            return "{'action': 'continue', 'extra_tokens': N}"
+        return "{'action': 'continue'} (after raising the pool's limit)"
+    return "{'action': 'continue'}"
+
+
 def _options(trip: Trip) -> list[str]:
-    cont = {"hop_cap": "{'action': 'continue', 'extra_hops': N}"}.get(
-        trip["kind"],
-        "{'action': 'continue', 'extra_seconds': S}"
-        if trip["kind"] == "deadline"
-        else "{'action': 'continue'}",
-    )
-    return [cont, "{'action': 'accept_partial'}", "{'action': 'abort', 'reason': '...'}"]
+    return [
+        _continue_option(trip),
+        "{'action': 'accept_partial'}",
+        "{'action': 'abort', 'reason': '...'}",
+    ]
+
+
+def _budget_family(trip: Trip) -> str:
+    """``"usd"``, ``"tokens"`` or ``"pool"``: what a top-up of a budget trip must add."""
+    key = trip.get("limit_key") or "usd"
+    if key == "pool":
+        return "pool"
+    return "usd" if key.split(":", 1)[0] == "usd" else "tokens"
 
 
 def _escalation(ledger: Ledger, trip: Trip, now: float) -> Escalation:
@@ -169,7 +207,19 @@ def _escalation(ledger: Ledger, trip: Trip, now: float) -> Escalation:
         elapsed_seconds=None if started is None else round(now - started, 3),
         recent=[dict(r) for r in recent],
         options=_options(trip),
+        **_budget_fields(ledger, trip),
     )
+
+
+def _budget_fields(ledger: Ledger, trip: Trip) -> dict[str, Any]:
+    if trip["kind"] != "budget":
+        return {}
+    return {
+        "limit_key": trip.get("limit_key"),
+        "spent": dict(ledger["spent"]),
+        "spent_by_agent": {a: dict(v) for a, v in ledger["spent_by_agent"].items()},
+        "projected": trip.get("projected"),
+    }
 
 
 class _ContinueHops(ContinueRun):
@@ -180,10 +230,42 @@ class _ContinueTime(ContinueRun):
     extra_seconds: float = Field(gt=0)
 
 
-def _schema(kind: str) -> Any:
-    """The resume schema for a trip kind: ``continue`` must grant what ran out."""
-    by_kind: dict[str, type[ContinueRun]] = {"hop_cap": _ContinueHops, "deadline": _ContinueTime}
-    cont = by_kind.get(kind, ContinueRun)
+class _ContinueUsd(ContinueRun):
+    extra_usd: float = Field(gt=0, allow_inf_nan=False)
+
+
+class _ContinueTokens(ContinueRun):
+    extra_tokens: int = Field(ge=1)
+
+
+class _ContinuePool(ContinueRun):
+    @model_validator(mode="after")
+    def _nothing_to_grant(self) -> _ContinuePool:
+        if self.extra_usd or self.extra_tokens:
+            raise ValueError(
+                "a shared pool is not topped up per thread: raise its limit with "
+                "SharedBudget.set_limits(...), then resume with {'action': 'continue'}"
+            )
+        return self
+
+
+_CONTINUE: dict[str, type[ContinueRun]] = {
+    "hop_cap": _ContinueHops,
+    "deadline": _ContinueTime,
+    "budget:usd": _ContinueUsd,
+    "budget:tokens": _ContinueTokens,
+    "budget:pool": _ContinuePool,
+}
+
+
+def _schema_key(trip: Trip) -> str:
+    kind = trip["kind"]
+    return f"budget:{_budget_family(trip)}" if kind == "budget" else kind
+
+
+def _schema(key: str) -> Any:
+    """The resume schema for a trip: ``continue`` must grant what ran out."""
+    cont = _CONTINUE.get(key, ContinueRun)
     return Annotated[cont | AcceptPartial | AbortRun, Field(discriminator="action")]
 
 
@@ -194,9 +276,10 @@ def _ask(payload: Escalation, trip: Trip) -> ContinueRun | AcceptPartial | Abort
     """Pause for a human decision, validated inside ``interrupt`` so that an invalid one
     is never recorded and the same interrupt can be answered again."""
     kind = trip["kind"]
-    schema = _SCHEMAS.get(kind)
+    key = _schema_key(trip)
+    schema = _SCHEMAS.get(key)
     if schema is None:
-        schema = _SCHEMAS[kind] = _schema(kind)
+        schema = _SCHEMAS[key] = _schema(key)
     try:
         return interrupt(payload.model_dump(mode="json"), response_schema=schema)  # type: ignore[no-any-return]
     except ValidationError as exc:
@@ -252,7 +335,7 @@ def task_owner(
                 "guard_route(...), which goes to the owner when the ledger is tripped."
             )
         trip = ledger["trips"][-1]
-        action = pol.owner.action_for(trip["kind"])
+        action = _action(pol, trip)
         if action == "raise":
             raise GuardTripped.from_trip(trip)
         if action == "escalate":
@@ -272,6 +355,23 @@ def task_owner(
     return owner
 
 
+_ON_EXHAUSTED: dict[str, OwnerAction] = {
+    "interrupt": "escalate",
+    "end": "partial",
+    "raise": "raise",
+}
+
+
+def _action(policy: GuardPolicy, trip: Trip) -> OwnerAction:
+    """The owner's action for a trip: ``OwnerPolicy.by_kind`` first; for a budget trip
+    not named there, ``Budget.on_exhausted``; else ``OwnerPolicy.on_trip``."""
+    kind = trip["kind"]
+    if kind == "budget" and kind not in policy.owner.by_kind:
+        exhausted = policy.budget.on_exhausted if policy.budget is not None else "interrupt"
+        return _ON_EXHAUSTED[exhausted]
+    return policy.owner.action_for(kind)
+
+
 def _continue(
     state: Any,
     config: RunnableConfig,
@@ -285,6 +385,13 @@ def _continue(
         grant[key] = decision.extra_hops
     if decision.extra_seconds:
         grant["seconds"] = decision.extra_seconds
+    # Money and tokens go to the limit that tripped, or else to the thread's.
+    family = _budget_family(trip) if trip["kind"] == "budget" else None
+    limit_key = trip.get("limit_key") or ""
+    if decision.extra_usd:
+        grant[limit_key if family == "usd" else "usd"] = decision.extra_usd
+    if decision.extra_tokens:
+        grant[limit_key if family == "tokens" else "tokens"] = decision.extra_tokens
     delta: StepDelta = {"status": "running", "grant": grant}
     if resume_to is None:
         target = _tripped_node(trip, config)

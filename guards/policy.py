@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._pricing import AGENT_LIMIT_KEYS, AgentLimits, ExhaustedAction, NoUsage, Price
 from .errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from .budget import SpendJournal, SpendPool
+
 __all__ = (
     "Budget",
     "EnvelopePolicy",
@@ -153,6 +156,11 @@ class Budget:
     """Models whose answers carry no ``usage_metadata``: ``"estimate"`` their tokens with
     ``count_tokens_approximately``, or ``"refuse"`` them. See
     :data:`~sanegraph.guards.budget.NoUsage`."""
+    pool: SpendPool | None = None
+    """A budget shared with other threads and processes (e.g.
+    ``sanegraph.checkpoints.SharedBudget``): each call's projection is reserved in it
+    before the call and replaced by the real spend after. A call the pool cannot cover
+    is blocked like one the thread's own limits cannot."""
 
     def __post_init__(self) -> None:
         if self.usd is not None:
@@ -217,12 +225,23 @@ class Budget:
                         "output_per_mtok=...) in USD per million tokens."
                     )
             object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
+        if self.pool is not None:
+            from .budget import SpendPool
+
+            if not isinstance(self.pool, SpendPool):
+                raise ConfigurationError(
+                    f"Budget.pool must be a shared pool with reserve/commit/release, got "
+                    f"{type(self.pool).__name__}. Pass e.g. "
+                    "pool=SharedBudget('acme 2026-11-22', path='runs/pools.sqlite', usd=20)."
+                )
 
     @property
     def has_spend_limits(self) -> bool:
-        """Whether any money or token limit is set (model calls need metering)."""
+        """Whether any money or token limit (or a shared pool) is set: model calls need
+        metering."""
         return bool(
-            self.usd is not None
+            self.pool is not None
+            or self.usd is not None
             or self.tokens is not None
             or self.input_tokens is not None
             or self.output_tokens is not None
@@ -392,6 +411,10 @@ class GuardPolicy:
     """What the task owner does with trips (an action name is shorthand)."""
     owner_node: str = "owner"
     """Name of the task-owner node that trips are routed to."""
+    journal: SpendJournal | None = None
+    """Where guarded steps journal their model calls and steps (e.g.
+    ``sanegraph.checkpoints.Journal``): a step re-run after a crash then counts what its
+    earlier attempt spent, once. None: no journal."""
 
     if TYPE_CHECKING:
         # The dataclass __init__ accepts the documented shorthand; tell type checkers so.
@@ -403,6 +426,7 @@ class GuardPolicy:
             envelopes: EnvelopePolicy | None = ...,
             owner: OwnerPolicy | OwnerAction | None = ...,
             owner_node: str = ...,
+            journal: SpendJournal | None = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -414,6 +438,15 @@ class GuardPolicy:
             raise ConfigurationError(
                 f"GuardPolicy.owner_node must be a node name, got {self.owner_node!r}."
             )
+        if self.journal is not None:
+            from .budget import SpendJournal
+
+            if not isinstance(self.journal, SpendJournal):
+                raise ConfigurationError(
+                    "GuardPolicy.journal must have prior_calls/log_call/log_step, got "
+                    f"{type(self.journal).__name__}. Pass e.g. "
+                    "journal=Journal('runs/checkpoints.sqlite') from sanegraph.checkpoints."
+                )
 
     @classmethod
     def coerce(cls, value: GuardPolicy | None) -> GuardPolicy:
