@@ -311,3 +311,15 @@ def test_every_permutation_of_a_small_superstep_agrees() -> None:
     ]
     results = {repr(fold_all(list(p))) for p in itertools.permutations(deltas)}
     assert len(results) == 1
+
+
+def test_folding_the_same_write_twice_reuses_the_first_result() -> None:
+    # LangGraph folds each write twice (the edge's fresh read, then the superstep's end).
+    ledger = fold_ledger({}, {"agent": "a", "hop": 1})
+    delta: dict[str, Any] = {"agent": "a", "hop": 1, "fp": "x"}
+    first = fold_ledger(ledger, delta)
+    assert fold_ledger(ledger, delta) is first
+    assert first["hops"] == 2 and ledger["hops"] == 1  # nothing was mutated
+    # An equal but distinct write is folded again.
+    again = fold_ledger(ledger, dict(delta))
+    assert again is not first and again == first
