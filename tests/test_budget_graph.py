@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START
+from langgraph.graph.message import add_messages
 from langgraph.types import Command, Send
 
 from sanegraph.guards import (
@@ -521,3 +522,52 @@ def test_a_pool_trip_is_resumed_after_the_pool_is_raised(
     # $1.14 fits five more calls.
     assert model.call_count == 9
     assert read_ledger(graph.get_state(config).values)["spent"]["usd_micros"] == 9 * CALL
+
+
+# -- calls made indirectly: a LangChain agent (a compiled subgraph) as the guarded agent -----
+
+
+class Chat(GuardedState, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def test_calls_inside_a_langchain_agent_are_metered_and_blocked(
+    saver: BaseCheckpointSaver[Any], config: dict[str, Any]
+) -> None:
+    from langchain.agents import create_agent
+    from langchain_core.tools import tool
+
+    @tool
+    def fetch(query: str) -> str:
+        """Fetch one more document."""
+        return "a document " + "y" * 40_000  # the context grows with every fetch
+
+    def calls_fetch(i: int) -> AIMessage:
+        call = {"name": "fetch", "args": {"query": f"q{i}"}, "id": f"call_{i}", "type": "tool_call"}
+        return AIMessage(content="", tool_calls=[call])  # type: ignore[list-item]
+
+    model = ScriptedChatModel(
+        [calls_fetch(i) for i in range(50)], model_name=MODEL, max_tokens=2_000
+    )
+    agent = create_agent(model, tools=[fetch])
+
+    policy = GuardPolicy(budget=Budget(usd=0.2, on_exhausted="end"))
+    builder = GuardedStateGraph(Chat)
+    builder.add_node("researcher", guarded(agent, policy, name="researcher"))
+    builder.add_node("owner", task_owner(policy), destinations=(END,))
+    builder.add_edge(START, "researcher")
+    builder.add_conditional_edges("researcher", guard_route(END, policy=policy))
+    graph = builder.compile(checkpointer=saver)
+    graph.invoke({"messages": [HumanMessage("find everything about tides")]}, config)
+
+    ledger = read_ledger(graph.get_state(config).values)
+    # Each turn re-sends the growing context (~10k tokens more per fetch): the calls get
+    # dearer, and the agent's own loop is stopped before the one that would pass $0.20.
+    assert model.call_count == 4  # inputs of ~0, 10k, 20k, 30k tokens; a 5th would be ~40k
+    assert 0 < ledger["spent"]["usd_micros"] <= 200_000
+    trip = ledger["trips"][-1]
+    assert (trip["kind"], trip["agent"]) == ("budget", "researcher")
+    assert ledger["spent"]["usd_micros"] + trip["projected"]["usd_micros"] > 200_000  # type: ignore[index]
+    assert ledger["spent"]["input_tokens"] == sum(
+        count_tokens_approximately(messages) for messages in model.calls
+    )
