@@ -36,6 +36,7 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/budget.py
 
 clean:
 	rm -rf $(VENV) .mypy_src .mypy_cache .ruff_cache

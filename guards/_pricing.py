@@ -10,9 +10,10 @@ resolved once per (provider, model), and its price is cached as an affine functi
 genai-prices' tiers are "cliff" tiers keyed by the call's input tokens, so within one tier
 the price of a call with only input and output tokens is exactly affine; each cached
 function is derived from ``calc_price`` itself and checked against it before use (a price
-that does not fit falls back to ``calc_price`` on every call). Time-dependent prices
+that does not fit falls back to ``calc_price`` on every call), and evaluated in integers
+over one common denominator (the terms are exact decimal fractions). Time-dependent prices
 (DeepSeek's off-peak hours, announced price changes) pick the active price set on every
-call, as ``calc_price`` does.
+call, as ``calc_price`` does; a model with a single price set skips the clock.
 
 This module imports nothing from the rest of the package but ``errors``, so that
 ``policy`` can use :class:`Price` while ``budget`` imports ``policy``.
@@ -20,11 +21,12 @@ This module imports nothing from the rest of the package but ``errors``, so that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 from .errors import ConfigurationError
 
@@ -154,10 +156,19 @@ _MICROS = Decimal(1_000_000)
 _Affine = tuple[Decimal, Decimal, Decimal]
 """(per input token, per output token, per call), in micro-dollars."""
 
+_Rate = tuple[int, int, int, int]
+"""An affine price in integers: a call costs ``(a * input + b * output + c) / d``
+micro-dollars (exact: each term of ``_Affine`` is a decimal fraction over ``d``)."""
+
+_Resolved = tuple[Any, Any, Any]
+"""genai-prices' (provider, model info, fixed model price or None if time-dependent)."""
+
 _snapshot: Any = None
-_models: dict[tuple[str | None, str], tuple[Any, Any] | str] = {}
+_models: dict[tuple[str | None, str], _Resolved | str] = {}
 _starts: dict[int, tuple[int, ...]] = {}
-_rates: dict[tuple[int, int], _Affine | None] = {}
+_rates: dict[tuple[int, int], _Rate | None] = {}
+_MISSING = object()
+"""A ``_rates`` miss (None is a cached "does not fit")."""
 
 
 def _genai_version() -> str:
@@ -196,16 +207,17 @@ def _unknown(provider: str | None, model: str, error: LookupError) -> str:
 class _Lib:
     """genai-prices, imported on first use: importing it takes ~0.2 s."""
 
-    __slots__ = ("TieredPrices", "Usage", "calc_price", "get_snapshot")
+    __slots__ = ("ModelPrice", "TieredPrices", "Usage", "calc_price", "get_snapshot")
 
     def __init__(self) -> None:
         from genai_prices import Usage, calc_price
         from genai_prices.data_snapshot import get_snapshot
-        from genai_prices.types import TieredPrices
+        from genai_prices.types import ModelPrice, TieredPrices
 
         self.Usage = Usage
         self.calc_price = calc_price
         self.get_snapshot = get_snapshot
+        self.ModelPrice = ModelPrice
         self.TieredPrices = TieredPrices
 
 
@@ -219,8 +231,8 @@ def _genai() -> _Lib:
     return _lib
 
 
-def _resolve(provider: str | None, model: str) -> tuple[Any, Any]:
-    """The genai-prices (provider, model info) for a call; ConfigurationError if unknown."""
+def _resolve(provider: str | None, model: str) -> _Resolved:
+    """genai-prices' entry for a call's model; ConfigurationError if unknown."""
     lib = _lib or _genai()
     global _snapshot
     snapshot = lib.get_snapshot()
@@ -237,7 +249,11 @@ def _resolve(provider: str | None, model: str) -> tuple[Any, Any]:
             calc = lib.calc_price(
                 lib.Usage(input_tokens=0, output_tokens=0), model_ref=model, provider_id=provider
             )
-            found = (calc.provider, calc.model)
+            info = calc.model
+            # A single price set (not a list of time-conditional ones) is what
+            # ``info.get_prices(when)`` returns at any time: no clock needed per call.
+            fixed = info.prices if isinstance(info.prices, lib.ModelPrice) else None
+            found = (calc.provider, info, fixed)
         except LookupError as exc:
             found = _unknown(provider, model, exc)
         _models[key] = found
@@ -280,10 +296,24 @@ def _fit(
     return per_in, per_out, fixed
 
 
+def _as_rate(affine: _Affine | None) -> _Rate | None:
+    """The affine price over one integer denominator: integer arithmetic per call."""
+    if affine is None:
+        return None
+    ratios = [term.as_integer_ratio() for term in affine]
+    denominator = math.lcm(*(d for _, d in ratios))
+    a, b, c = (n * (denominator // d) for n, d in ratios)
+    return a, b, c, denominator
+
+
 def _genai_micros(provider: str | None, model: str, i: int, o: int) -> int:
-    prov, info = _resolve(provider, model)
-    when = datetime.now(tz=timezone.utc)
-    model_price = info.get_prices(when)
+    prov, info, fixed = _resolve(provider, model)
+    when = None
+    if fixed is not None:
+        model_price = fixed
+    else:
+        when = datetime.now(tz=timezone.utc)
+        model_price = info.get_prices(when)
     starts = _starts.get(id(model_price))
     if starts is None:
         starts = _tier_starts(model_price)
@@ -293,16 +323,16 @@ def _genai_micros(provider: str | None, model: str, i: int, o: int) -> int:
         if i > start:
             bracket += 1
     key = (id(model_price), bracket)
-    if key in _rates:
-        rate = _rates[key]
-    else:
+    rate = _rates.get(key, _MISSING)
+    if rate is _MISSING:
+        when = when or datetime.now(tz=timezone.utc)
         low = 0 if bracket == 0 else starts[bracket - 1] + 1
         high = starts[bracket] if bracket < len(starts) else None
-        rate = _rates[key] = _fit(info, prov, when, low, high, i, o)
+        rate = _rates[key] = _as_rate(_fit(info, prov, when, low, high, i, o))
     if rate is None:
-        return _ceil(_exact(info, prov, i, o, when))
-    per_in, per_out, fixed = rate
-    return _ceil(fixed + per_in * i + per_out * o)
+        return _ceil(_exact(info, prov, i, o, when or datetime.now(tz=timezone.utc)))
+    a, b, c, d = cast(_Rate, rate)
+    return -(-(a * i + b * o + c) // d)  # the ceiling of a fraction, in integers
 
 
 def price_call(

@@ -1,0 +1,282 @@
+"""Per-model-call cost of budget metering, next to LangChain's ``ModelCallLimitMiddleware``.
+
+One agent, built with ``langchain.agents.create_agent`` (a ``lookup`` tool) around a
+``ScriptedChatModel`` (``gpt-4o-mini`` from ``openai``, ``max_tokens=256``, realistic
+``usage_metadata``), is invoked with the conversation a tool-calling loop holds at its next
+model call: a question, then ``--tool-calls`` AI tool calls, each followed by its tool
+result (by default 9: 19 input messages, the loop's 10th call). The model answers: each
+invoke is one model call. Variants of the same agent:
+
+- ``plain``: no middleware, no metering;
+- ``theirs``: ``ModelCallLimitMiddleware(run_limit=<never reached>)``, which counts calls
+  in graph state with ``before_model`` / ``after_model`` nodes;
+- ``ours``: the plain agent invoked inside ``with metering(BudgetMeter(Budget(...)))``, a
+  fresh meter per invoke (a guarded step making one call): the call is projected
+  (``count_tokens_approximately`` on its input plus ``max_tokens``, priced with
+  genai-prices), checked against the budget before the model runs, then priced and
+  recorded from its ``usage_metadata``;
+- ``handler``: the plain agent with a callback handler that does nothing, attached the way
+  ``metering`` attaches the meter: what LangChain's callback machinery costs any handler
+  (the floor under ``ours``), for reference.
+
+No limit ever trips. By default no checkpointer is used: the setting most favourable to
+``theirs``, whose two extra nodes per call each write a checkpoint when there is one
+(``--checkpointer memory`` compiles every agent with an ``InMemorySaver``; its figures
+are noisier). Invokes are interleaved (one of each variant, back to back, in a rotating
+order) to cancel drifts in machine speed, and each model call is timed with its invoke. A
+round runs ``--calls`` calls per variant on fresh agents; the figures are the medians
+over ``--rounds`` of the rounds' mean times per call. The overhead of a variant is its
+time minus plain's; the ratio is ours' overhead / theirs' (the median of the rounds'
+ratios is printed too).
+
+Target (issue 3): ours_overhead / theirs_overhead <= 0.2.
+
+Usage: python bench/budget.py [--calls 800] [--rounds 7] [--tool-calls 9]
+       [--checkpointer none|memory] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain.agents.middleware import ModelCallLimitMiddleware
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_core.tracers.context import register_configure_hook
+from langgraph.checkpoint.memory import InMemorySaver
+
+from sanegraph.guards import Budget
+from sanegraph.guards.budget import BudgetMeter, metering
+from sanegraph.guards.testing import ScriptedChatModel
+
+KINDS = ("plain", "theirs", "ours", "handler")
+TARGET = 0.2
+NEVER = 10**9
+"""A limit no bench run comes near."""
+
+
+@tool
+def lookup(query: str) -> str:
+    """Look a query up (the bench's trivial tool)."""
+    return f"Found 3 results for {query!r}."
+
+
+class NoopHandler(BaseCallbackHandler):
+    """Receives model-call events and does nothing, attached like the meter."""
+
+    raise_error = True
+    run_inline = True
+
+    @property
+    def ignore_chain(self) -> bool:
+        return True
+
+    @property
+    def ignore_agent(self) -> bool:
+        return True
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return True
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        return True
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_llm_end(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+_NOOP: ContextVar[NoopHandler | None] = ContextVar("bench_noop_handler", default=None)
+register_configure_hook(_NOOP, inheritable=True)
+
+
+def conversation(tool_calls: int) -> list[BaseMessage]:
+    """A question, then ``tool_calls`` AI tool calls, each followed by its result."""
+    messages: list[BaseMessage] = [
+        HumanMessage("Summarize what is known about the topics.", id="question")
+    ]
+    for i in range(tool_calls):
+        call = {"name": "lookup", "args": {"query": f"topic {i}"}, "id": f"call_{i}"}
+        messages.append(AIMessage("Let me look that up.", tool_calls=[call], id=f"ai_{i}"))
+        result = f"Found 3 results for 'topic {i}'."
+        messages.append(
+            ToolMessage(result, tool_call_id=f"call_{i}", name="lookup", id=f"tool_{i}")
+        )
+    return messages
+
+
+def check_metering(messages: list[BaseMessage]) -> None:
+    """The meter runs for real: the call is projected with max_tokens and priced."""
+    meter = BudgetMeter(Budget(usd=NEVER, tokens=NEVER), agent="bench")
+    with metering(meter):
+        build("plain", "none").invoke({"messages": messages})
+    (record,) = meter.calls
+    if record["max_tokens"] != 256 or record["projected"]["output_tokens"] != 256:
+        raise AssertionError(f"the call was not projected with max_tokens: {record}")
+    if record["usd_micros"] <= 0 or record["projected"]["usd_micros"] <= 0:
+        raise AssertionError(f"the call was not priced: {record}")
+
+
+def build(kind: str, checkpointer: str) -> Any:
+    model = ScriptedChatModel(
+        [AIMessage("Here is the summary of what I found.")],
+        model_name="gpt-4o-mini",
+        provider="openai",
+        max_tokens=256,
+        cycle=True,
+    )
+    middleware = [ModelCallLimitMiddleware(run_limit=NEVER)] if kind == "theirs" else []
+    saver = InMemorySaver() if checkpointer == "memory" else None
+    return create_agent(model, tools=[lookup], middleware=middleware, checkpointer=saver)
+
+
+def caller(kind: str, agent: Any, messages: list[BaseMessage]) -> Callable[[], float]:
+    """One timed invoke (one model call) of a variant; returns its seconds."""
+    budget = Budget(usd=NEVER, tokens=NEVER)
+    state = {"messages": messages}
+    clock = time.perf_counter
+    threads = itertools.count()
+
+    def config() -> dict[str, Any]:
+        # A thread per invoke: with a checkpointer, a thread would otherwise grow.
+        return {"configurable": {"thread_id": f"{kind}-{next(threads)}"}}
+
+    def plain() -> float:
+        cfg = config()
+        start = clock()
+        agent.invoke(state, cfg)
+        return clock() - start
+
+    def ours() -> float:
+        cfg = config()
+        start = clock()
+        meter = BudgetMeter(budget, agent="bench")
+        with metering(meter):
+            agent.invoke(state, cfg)
+        elapsed = clock() - start
+        if len(meter.calls) != 1:
+            raise AssertionError(f"metered {len(meter.calls)} calls, expected 1")
+        return elapsed
+
+    def handler() -> float:
+        cfg = config()
+        start = clock()
+        token = _NOOP.set(NoopHandler())
+        try:
+            agent.invoke(state, cfg)
+        finally:
+            _NOOP.reset(token)
+        return clock() - start
+
+    return {"ours": ours, "handler": handler}.get(kind, plain)
+
+
+def one_round(
+    calls: int, messages: list[BaseMessage], shift: int, checkpointer: str
+) -> dict[str, float]:
+    """Mean µs per model call of each variant, over ``calls`` interleaved invokes."""
+    # Fresh agents each round: the scripted model keeps every call's input, and a heap
+    # growing across rounds would slow the later ones (more for the GC to walk).
+    runs = {kind: caller(kind, build(kind, checkpointer), messages) for kind in KINDS}
+    for run in runs.values():
+        run()  # compile-time caches, first-call work
+    total = dict.fromkeys(KINDS, 0.0)
+    gc.collect()
+    for i in range(calls):
+        start = (i + shift) % len(KINDS)
+        for kind in KINDS[start:] + KINDS[:start]:
+            total[kind] += runs[kind]()
+    return {kind: total[kind] / calls * 1e6 for kind in KINDS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=800, help="model calls per variant per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--tool-calls", type=int, default=9, help="tool calls already in the conversation"
+    )
+    parser.add_argument(
+        "--checkpointer",
+        choices=("none", "memory"),
+        default="none",
+        help="compile the agents with no checkpointer or an InMemorySaver",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
+    args = parser.parse_args()
+    if args.calls < 1 or args.rounds < 1 or args.tool_calls < 0:
+        parser.error("--calls and --rounds must be >= 1, --tool-calls >= 0")
+
+    messages = conversation(args.tool_calls)
+    check_metering(messages)
+    one_round(50, messages, 0, args.checkpointer)  # warm imports, genai-prices' data and caches
+
+    samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    ratios: list[float] = []
+    for round_no in range(args.rounds):
+        sample = one_round(args.calls, messages, round_no, args.checkpointer)
+        for kind in KINDS:
+            samples[kind].append(sample[kind])
+        theirs = sample["theirs"] - sample["plain"]
+        if theirs > 0:
+            ratios.append((sample["ours"] - sample["plain"]) / theirs)
+
+    per_call = {kind: statistics.median(samples[kind]) for kind in KINDS}
+    overhead = {kind: per_call[kind] - per_call["plain"] for kind in KINDS}
+    ratio = overhead["ours"] / overhead["theirs"] if overhead["theirs"] > 0 else None
+    figures: dict[str, Any] = {
+        "input_messages": len(messages),
+        "checkpointer": args.checkpointer,
+        "calls": args.calls,
+        "rounds": args.rounds,
+        **{f"{kind}_us_per_call": round(per_call[kind], 1) for kind in KINDS},
+        **{
+            f"{kind}_overhead_us_per_call": round(overhead[kind], 1)
+            for kind in KINDS
+            if kind != "plain"
+        },
+        "ratio": None if ratio is None else round(ratio, 3),
+        "median_round_ratio": round(statistics.median(ratios), 3) if ratios else None,
+        "handler_share_of_ours": (
+            round(overhead["handler"] / overhead["ours"], 3) if overhead["ours"] > 0 else None
+        ),
+        "target": TARGET,
+        "target_met": ratio is not None and ratio <= TARGET,
+    }
+
+    print(
+        f"one model call per invoke, {len(messages)} input messages, checkpointer "
+        f"{args.checkpointer}, "
+        f"{args.calls} calls x {args.rounds} rounds per variant"
+    )
+    print(f"{'variant':<10}{'µs/call':>10}{'overhead µs/call':>18}")
+    for kind in KINDS:
+        extra = "" if kind == "plain" else f"{figures[f'{kind}_overhead_us_per_call']:+.1f}"
+        print(f"{kind:<10}{figures[f'{kind}_us_per_call']:>10}{extra:>18}")
+    print(
+        f"ours/theirs overhead: {figures['ratio']} (median of rounds "
+        f"{figures['median_round_ratio']}), target <= {TARGET}: "
+        f"{'met' if figures['target_met'] else 'NOT met'}"
+    )
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
