@@ -5,12 +5,14 @@ draft, and a researcher that fetches another document each time, for as long as 
 framework lets them. ``run_demo`` replays that with scripted chat models (no network):
 
 1. unguarded: plain LangGraph, stopped only by a safety ``recursion_limit``;
-2. guarded: the same agents in a sanegraph graph, stopped at the hop cap, routed to the
-   task owner, the researcher's last document kept as the partial result;
-3. escalated: the same, but the owner pauses for a human, who grants more hops once and
-   then accepts the partial result;
-4. rolled back: the thread forked from its last sane checkpoint with a narrower task,
-   and finished by an analyst that now has what it needs.
+2. guarded: the same agents in a sanegraph graph with the default policy: loop detection
+   sees the analyst ask for "more context" a third time and routes the run to the task
+   owner, which keeps the researcher's last document as the partial result;
+3. hop cap only: loop detection off, stopped at the hop cap, routed to the owner;
+4. escalated: hop cap only, but the owner pauses for a human, who grants more hops once
+   and then accepts the partial result;
+5. rolled back: the guarded thread forked from its last sane checkpoint with a narrower
+   task, and finished by an analyst that now has what it needs.
 
 Everything is persisted to one SQLite file that ``sanegraph runs`` / ``show`` can read.
 """
@@ -241,10 +243,33 @@ def run_demo(
         config: Any = {"configurable": {"thread_id": f"guarded-{uuid.uuid4().hex[:8]}"}}
         guarded.invoke(task, config)
         runs.append(
-            _row("guarded", guarded, config, ["The owner kept the researcher's last document."])
+            _row(
+                "guarded",
+                guarded,
+                config,
+                [
+                    "Loop detection saw the analyst's third identical request; the owner "
+                    "kept the researcher's last document."
+                ],
+            )
         )
 
-        escalating = _guarded_graph(graph, GuardPolicy(hops=max_hops, owner="escalate"), _models())
+        capped = _guarded_graph(graph, GuardPolicy(hops=max_hops, loops=False), _models())
+        capped_graph = capped.compile(checkpointer=saver)
+        cap_config: Any = {"configurable": {"thread_id": f"hop-cap-{uuid.uuid4().hex[:8]}"}}
+        capped_graph.invoke(task, cap_config)
+        runs.append(
+            _row(
+                "hop cap only",
+                capped_graph,
+                cap_config,
+                ["Loop detection off (loops=False): the hop cap stopped it."],
+            )
+        )
+
+        escalating = _guarded_graph(
+            graph, GuardPolicy(hops=max_hops, owner="escalate", loops=False), _models()
+        )
         esc = escalating.compile(checkpointer=saver)
         esc_config: Any = {"configurable": {"thread_id": f"escalated-{uuid.uuid4().hex[:8]}"}}
         esc.invoke(task, esc_config)
@@ -269,9 +294,8 @@ def run_demo(
         )
         fixed = _guarded_graph(graph, GuardPolicy(hops=max_hops), (researcher, fixed_analyst))
         fixed_graph = fixed.compile(checkpointer=saver)
-        # The sane checkpoint just before the trip has every hop used: grant a few.
         narrower = {"task": "Did the EMEA price change drive churn?"}
-        forked = rollback(fixed_graph, config, patch=narrower, extra_hops=4)
+        forked = rollback(fixed_graph, config, patch=narrower)
         fixed_graph.invoke(None, forked)
         runs.append(
             _row(
@@ -279,8 +303,8 @@ def run_demo(
                 fixed_graph,
                 forked,
                 [
-                    "Forked from the guarded thread's last sane checkpoint with a narrower "
-                    "task and 4 more hops."
+                    "Forked from the guarded thread's last sane checkpoint (before the "
+                    "loop) with a narrower task."
                 ],
             )
         )
@@ -292,7 +316,7 @@ def run_demo(
         "Resume a paused run in code:   "
         "graph.invoke(Command(resume={'action': 'continue', 'extra_hops': 4}), config)",
         "Roll back in code:             "
-        "cfg = rollback(graph, config, patch={...}, extra_hops=4); graph.invoke(None, cfg)",
+        "cfg = rollback(graph, config, patch={...}); graph.invoke(None, cfg)",
     ]
     return DemoReport(db=path, graph=graph, max_hops=max_hops, runs=runs, hints=hints)
 

@@ -1,4 +1,4 @@
-"""Quickstart: a researcher/analyst loop stopped by the hop cap and handed to a human.
+"""Quickstart: a researcher/analyst loop caught by loop detection and handed to a human.
 
 Run: ``python examples/quickstart.py [checkpoints.sqlite]`` (offline: the agents are
 scripted chat models; without an argument the file goes in a temporary folder).
@@ -37,7 +37,7 @@ class State(GuardedState, total=False):
 researcher = ScriptedChatModel([envelope_message("success", "40 churn interviews")], cycle=True)
 analyst = ScriptedChatModel([envelope_message("partial", reason="I need more context")], cycle=True)
 
-policy = GuardPolicy(hops=6, owner="escalate")  # 6 agent steps, then ask a human
+policy = GuardPolicy(hops=12, owner="escalate")  # loops and 12+ steps go to a human
 builder = GuardedStateGraph(State)
 builder.add_node("researcher", guarded(scripted_agent(researcher), policy))
 builder.add_node("analyst", guarded(scripted_agent(analyst), policy))
@@ -48,9 +48,9 @@ builder.add_conditional_edges("analyst", guard_route("researcher"))
 
 graph = builder.compile(checkpointer=open_sqlite_saver(db))
 config = {"configurable": {"thread_id": "quickstart"}}
-state = graph.invoke({"topic": "Why did Q3 churn rise?"}, config)  # paused by the owner
+state = graph.invoke({"topic": "Why did Q3 churn rise?"}, config)  # paused: a loop
 print("Escalation:", Escalation.model_validate(state["__interrupt__"][0].value).message)
-state = graph.invoke(Command(resume={"action": "continue", "extra_hops": 2}), config)
+state = graph.invoke(Command(resume={"action": "continue"}), config)  # let it try again
 state = graph.invoke(Command(resume={"action": "accept_partial"}), config)
 print("Outcome:", outcome_of(state))
 # --- end ---

@@ -1,9 +1,10 @@
 """A researcher -> analyst -> writer pipeline that loops, trips, and is rolled back.
 
 The analyst answers "I need more context" every time, so ``sequential_graph`` sends the
-run back to the researcher until the hop cap trips; the owner ("partial") ends the run
-with the researcher's notes. Then ``rollback`` forks the thread from its last sane
-checkpoint with a narrower task, and a graph with a fixed analyst finishes it.
+run back to the researcher, until loop detection sees the analyst's third identical
+answer (``loop_repeat``); the owner ("partial") ends the run with the researcher's notes.
+Then ``rollback`` forks the thread from its last sane checkpoint (before the loop) with
+a narrower task, and a graph with a fixed analyst finishes it.
 
 Run: ``python examples/sequential.py [checkpoints.sqlite]`` (offline, scripted models).
 """
@@ -42,11 +43,10 @@ with sqlite_saver(db) as saver:
     print(f"1. looped: status={ledger['status']}, hops={ledger['hops']}, {ledger['by_agent']}")
     print(f"   owner kept: {outcome_of(state)['result']!r} ({ledger['trips'][-1]['kind']})")
 
-    # Same thread, fixed analyst. The sane checkpoint before the trip has all 8 hops used,
-    # so the fork is granted 4 more for the remaining stages.
+    # Same thread, fixed analyst, forked from the last sane checkpoint with a narrower task.
     fixed_graph = build(fixed, max_hops=8).compile(checkpointer=saver)
     narrower = {"task": "Did the EMEA price change drive churn?"}
-    forked = rollback(fixed_graph, config, patch=narrower, extra_hops=4)
+    forked = rollback(fixed_graph, config, patch=narrower)
     state = fixed_graph.invoke(None, forked)
     ledger = read_ledger(state)
     # A run that reached END on its own has no next node and no owner outcome.

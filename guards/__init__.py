@@ -19,6 +19,7 @@ from .errors import (
     HopCapExceeded,
     InvalidDecision,
     InvalidEnvelope,
+    LoopDetected,
     SanegraphError,
 )
 from .graph import DurableCompiledGraph, GuardedStateGraph
@@ -38,6 +39,7 @@ from .ledger import (
     new_ledger,
     read_ledger,
 )
+from .loops import LoopPolicy
 from .node import BRANCH_KEY, guarded
 from .owner import (
     AbortRun,
@@ -81,6 +83,8 @@ __all__ = (
     "InvalidDecision",
     "InvalidEnvelope",
     "Ledger",
+    "LoopDetected",
+    "LoopPolicy",
     "OwnerAction",
     "OwnerPolicy",
     "Price",

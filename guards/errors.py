@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = (
+    "LOOP_KINDS",
     "BudgetExceeded",
     "ConfigurationError",
     "DeadlineExceeded",
@@ -21,6 +22,7 @@ __all__ = (
     "HopCapExceeded",
     "InvalidDecision",
     "InvalidEnvelope",
+    "LoopDetected",
     "SanegraphError",
 )
 
@@ -93,7 +95,7 @@ class GuardTripped(SanegraphError, RuntimeError):
             scope=trip.get("scope", "thread"),
         )
         exc.kind = kind
-        if isinstance(exc, BudgetExceeded):
+        if isinstance(exc, (BudgetExceeded, LoopDetected)):
             exc.trip = dict(trip)
         return exc
 
@@ -161,9 +163,47 @@ class BudgetExceeded(GuardTripped):
         )
 
 
+class LoopDetected(GuardTripped):
+    """A repeating pattern was detected (``LoopPolicy``): a repeat, a copy, a cycle, a
+    near-duplicate, a tool repeated or failing, or no progress.
+
+    ``kind`` is the trip's kind (``"loop_repeat"``, ``"loop_cycle"``, ``"tool_repeat"``,
+    ``"no_progress"``...); :attr:`trip` has the repeating ``steps``.
+    """
+
+    kind = "loop"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: Any = None,
+        observed: Any = None,
+        agent: str | None = None,
+        scope: str = "thread",
+        trip: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, limit=limit, observed=observed, agent=agent, scope=scope)
+        self.trip: dict[str, Any] = dict(trip) if trip is not None else {}
+
+
+LOOP_KINDS = frozenset(
+    (
+        "loop_repeat",
+        "loop_copy",
+        "loop_cycle",
+        "loop_near_duplicate",
+        "tool_repeat",
+        "tool_errors",
+        "no_progress",
+    )
+)
+"""The trip kinds of the loop detectors."""
+
 _BY_KIND: dict[str, type[GuardTripped]] = {
     "hop_cap": HopCapExceeded,
     "deadline": DeadlineExceeded,
     "invalid_envelope": InvalidEnvelope,
     "budget": BudgetExceeded,
+    **dict.fromkeys(LOOP_KINDS, LoopDetected),
 }

@@ -112,6 +112,11 @@ class Trip(_TripCore, total=False):
     projected: dict[str, int] | None
     """Budget trips: the blocked call's projection (``usd_micros``, ``input_tokens``,
     ``output_tokens``); None when the pool refused it."""
+    detector: str
+    """Loop trips: the detector that fired (``"repeat"``, ``"copy"``, ``"cycle"``,
+    ``"near_duplicate"``, ``"tool_repeat"``, ``"tool_errors"``, ``"no_progress"``)."""
+    steps: list[dict[str, Any]]
+    """Loop trips: the repeating steps, oldest first, as ``{agent, hop, fp, text}``."""
 
 
 class EnvelopeRecord(TypedDict):
@@ -148,8 +153,10 @@ class Ledger(TypedDict, total=False):
     """Wall-clock time (``time.time()``) of the first guarded step."""
     latency_us: dict[str, int]
     """Microseconds spent inside each agent, summed."""
-    window: list[list[str]]
-    """The last ``window_size`` step fingerprints, oldest first, as ``[agent, digest]``."""
+    window: list[list[Any]]
+    """The last ``window_size`` steps, oldest first: loop-detection entries
+    (``[agent, fingerprint, hop, ...]``, see ``sanegraph.guards.loops.ENTRY_FIELDS``), or
+    ``[agent, digest]`` with loop detection off."""
     window_size: int
     """How many fingerprints ``window`` keeps."""
     envelopes: dict[str, dict[str, Any]]
@@ -198,6 +205,9 @@ class StepDelta(TypedDict, total=False):
     hop: int
     latency: float
     fp: str
+    entry: list[Any]
+    """The step's loop-window entry (``sanegraph.guards.loops.step_entry``); without it,
+    ``[agent, fp]`` goes into the window."""
     record: EnvelopeRecord
     envelope: list[Any]
     """``[key, envelope dict]``: the step's envelope, stored under its key."""
@@ -479,9 +489,13 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
         if fresh:
             # Sorted: parallel steps may warn in any order; the ledger must not care.
             out["warned"] = sorted({*out["warned"], *fresh})
-    fp = delta.get("fp")
-    if fp is not None and agent is not None:
-        out["window"] = _insert(out["window"], [agent, fp], g_window, out["window_size"])
+    entry = delta.get("entry")
+    if entry is None:
+        fp = delta.get("fp")
+        if fp is not None and agent is not None:
+            entry = [agent, fp]
+    if entry is not None:
+        out["window"] = _insert(out["window"], entry, g_window, out["window_size"])
         g_window += 1
     envelope = delta.get("envelope")
     if envelope is not None:

@@ -27,6 +27,7 @@ from .checks import check_deadline, check_envelope, check_hops
 from .envelope import Envelope, coerce_envelope, envelope_to_dict, plain_envelope_dict
 from .errors import BudgetExceeded, ConfigurationError, GuardTripped
 from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, fold_ledger, read_ledger
+from .loops import check_loops, step_entry
 from .policy import GuardPolicy
 
 __all__ = ("BRANCH_KEY", "guarded")
@@ -301,9 +302,21 @@ class _Guard:
             "confidence": confidence,
             "reason": as_dict["reason"][:200],
         }
+        loops = self.policy.loops
+        if loops is None:
+            delta["fp"] = digest(as_dict)
+        else:
+            window = ledger["window"]
+            entry = step_entry(
+                agent, as_dict, update=update, state=state, policy=loops, window=window, hop=hop
+            )
+            delta["entry"] = entry
+            if ledger["window_size"] != loops.window:
+                delta["window_size"] = loops.window
+            if trip is None:
+                trip = check_loops(window, entry, policy=loops, agent=agent, hops=hop)
         delta["hop"] = 1
         delta["latency"] = latency
-        delta["fp"] = digest(as_dict)
         delta["record"] = record
         delta["sane"] = trip is None and status != "failed"
         if trip is not None:

@@ -18,7 +18,7 @@ from langgraph.graph import END
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ConfigurationError, GuardTripped, InvalidDecision
+from .errors import LOOP_KINDS, ConfigurationError, GuardTripped, InvalidDecision
 from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, read_ledger
 from .policy import GuardPolicy, OwnerAction
 
@@ -132,6 +132,10 @@ class Escalation(BaseModel):
     """Budget trips: model spend per agent."""
     projected: dict[str, int] | None = None
     """Budget trips: the blocked call's projection (None when a shared pool refused it)."""
+    detector: str | None = None
+    """Loop trips: the detector that fired (``"repeat"``, ``"cycle"``, ``"no_progress"``...)."""
+    steps: list[dict[str, Any]] | None = None
+    """Loop trips: the repeating steps (agent, hop, fingerprint, a short text)."""
 
 
 def best_partial(state: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -174,6 +178,8 @@ def _continue_option(trip: Trip) -> str:
         if family == "tokens":
             return "{'action': 'continue', 'extra_tokens': N}"
         return "{'action': 'continue'} (after raising the pool's limit)"
+    if kind in LOOP_KINDS:
+        return "{'action': 'continue'} (the loop window starts afresh)"
     return "{'action': 'continue'}"
 
 
@@ -212,6 +218,8 @@ def _escalation(ledger: Ledger, trip: Trip, now: float) -> Escalation:
 
 
 def _budget_fields(ledger: Ledger, trip: Trip) -> dict[str, Any]:
+    if "detector" in trip:
+        return {"detector": trip["detector"], "steps": trip.get("steps")}
     if trip["kind"] != "budget":
         return {}
     return {
@@ -393,6 +401,9 @@ def _continue(
     if decision.extra_tokens:
         grant[limit_key if family == "tokens" else "tokens"] = decision.extra_tokens
     delta: StepDelta = {"status": "running", "grant": grant}
+    if trip["kind"] in LOOP_KINDS:
+        # A human saw the loop and let it go on: detection starts again from here.
+        delta["reset_window"] = True
     if resume_to is None:
         target = _tripped_node(trip, config)
     elif isinstance(resume_to, str):

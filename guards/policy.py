@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._pricing import AGENT_LIMIT_KEYS, AgentLimits, ExhaustedAction, NoUsage, Price
 from .errors import ConfigurationError
+from .loops import LoopPolicy
 
 if TYPE_CHECKING:
     from .budget import SpendJournal, SpendPool
@@ -398,6 +399,7 @@ class GuardPolicy:
     Example:
         ```python
         policy = GuardPolicy(hops=12, budget=Budget(seconds=600), owner="escalate")
+        GuardPolicy(loops=LoopPolicy(max_repeats=3, watch=("draft",)))
         ```
     """
 
@@ -407,6 +409,9 @@ class GuardPolicy:
     """What the thread may spend; None: no budget."""
     envelopes: EnvelopePolicy = field(default_factory=EnvelopePolicy)
     """How outputs are checked."""
+    loops: LoopPolicy | None = field(default_factory=LoopPolicy)
+    """Repeating-pattern detection: on by default (None means the defaults), ``False``
+    turns it off, an int is short for ``LoopPolicy(max_repeats=...)``."""
     owner: OwnerPolicy = field(default_factory=OwnerPolicy)
     """What the task owner does with trips (an action name is shorthand)."""
     owner_node: str = "owner"
@@ -424,6 +429,7 @@ class GuardPolicy:
             hops: HopCap | int = ...,
             budget: Budget | float | None = ...,
             envelopes: EnvelopePolicy | None = ...,
+            loops: LoopPolicy | bool | int | None = ...,
             owner: OwnerPolicy | OwnerAction | None = ...,
             owner_node: str = ...,
             journal: SpendJournal | None = ...,
@@ -433,6 +439,7 @@ class GuardPolicy:
         object.__setattr__(self, "hops", HopCap.coerce(self.hops))
         object.__setattr__(self, "budget", Budget.coerce(self.budget))
         object.__setattr__(self, "envelopes", EnvelopePolicy.coerce(self.envelopes))
+        object.__setattr__(self, "loops", LoopPolicy.coerce(self.loops))
         object.__setattr__(self, "owner", OwnerPolicy.coerce(self.owner))
         if not isinstance(self.owner_node, str) or not self.owner_node:
             raise ConfigurationError(

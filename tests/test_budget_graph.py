@@ -223,7 +223,7 @@ async def test_async_agents_are_metered_and_stopped(
 
     async def researcher(state: State, config: RunnableConfig) -> dict[str, Any]:
         await model.ainvoke([HumanMessage(PROMPT)], config)
-        return {"envelope": {"status": "partial", "result": len(state.get("notes", []))}}
+        return {"envelope": {"status": "partial", "result": model.call_count}}
 
     policy = GuardPolicy(hops=100, budget=Budget(usd=5, on_exhausted="end"))
     graph = _loop_graph(researcher, policy, async_saver)

@@ -19,7 +19,7 @@ import pytest
 
 from sanegraph.checkpoints.cli import main
 
-RUNS = ("unguarded", "guarded", "escalated", "rolled back")
+RUNS = ("unguarded", "guarded", "hop cap only", "escalated", "rolled back")
 """The demo's rows, in order."""
 
 
@@ -42,10 +42,16 @@ def _table(out: str) -> dict[str, dict[str, str]]:
 def _check_facts(runs: dict[str, dict[str, Any]], *, max_hops: int = 12) -> None:
     """What the demo must show, from the table or from --json (hops may be str or int)."""
     assert list(runs) == list(RUNS)
-    unguarded, guarded, escalated, rolled = (runs[name] for name in RUNS)
+    unguarded, guarded, capped, escalated, rolled = (runs[name] for name in RUNS)
     assert str(unguarded["stopped by"]).startswith("recursion_limit=")
-    assert int(unguarded["hops"]) > int(guarded["hops"])
+    assert int(unguarded["hops"]) > int(capped["hops"])
+    # Loop detection stops the analyst at its 3rd identical request: hop 6.
     assert (guarded["stopped by"], int(guarded["hops"]), guarded["status"]) == (
+        "loop_repeat",
+        6,
+        "done",
+    )
+    assert (capped["stopped by"], int(capped["hops"]), capped["status"]) == (
         "hop_cap",
         max_hops,
         "done",
@@ -142,7 +148,7 @@ def test_runs_lists_the_threads(
     assert (escalated["status"], escalated["hops"], escalated["trips"]) == ("done", 16, 2)
     assert escalated["outcome"]["status"] == "partial"
     rolled = summaries[runs["rolled back"]["thread_id"]]
-    assert (rolled["hops"], rolled["rollbacks"]) == (14, 1)
+    assert (rolled["hops"], rolled["rollbacks"]) == (6, 1)
 
 
 def test_show_prints_the_ledger(

@@ -26,15 +26,16 @@ MAX_QUICKSTART_LINES = 20
 
 
 def _quickstart_outcome(out: str) -> None:
-    assert "Escalation: The next hop would exceed max_hops=6" in out
+    assert "Escalation: The cycle researcher -> analyst repeated 2 times" in out
     outcome = next(line for line in out.splitlines() if line.startswith("Outcome:"))
     assert "'status': 'partial'" in outcome
     assert "'result': '40 churn interviews'" in outcome
 
 
 def _sequential_finished(out: str) -> None:
-    assert "1. looped: status=done, hops=8" in out
-    assert "2. after rollback: finished, hops=11, rollbacks=1" in out
+    assert "1. looped: status=done, hops=6" in out
+    assert "(loop_repeat)" in out
+    assert "2. after rollback: finished, hops=7, rollbacks=1" in out
 
 
 def _parallel_failed_branch(out: str) -> None:

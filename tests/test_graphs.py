@@ -142,13 +142,17 @@ def test_sequential_accepts_a_dict_runnables_and_a_custom_state(
     assert read_ledger(state)["hops"] == 2
 
 
+# The incident tests below check the hop cap alone (loops=False): loop detection, on by
+# default, stops the same incident sooner (tests/test_loop_scenarios.py).
+
+
 def test_incident_stops_at_the_hop_cap(
     saver: BaseCheckpointSaver[Any], config: dict[str, Any]
 ) -> None:
     calls: Counter[str] = Counter()
     researcher, analyst = incident_agents(calls)
     builder = sequential_graph(
-        [("researcher", researcher), ("analyst", analyst)], policy=GuardPolicy(hops=6)
+        [("researcher", researcher), ("analyst", analyst)], policy=GuardPolicy(hops=6, loops=False)
     )
     graph = builder.compile(checkpointer=saver)
 
@@ -164,7 +168,7 @@ async def test_incident_stops_at_the_hop_cap_async(
     calls: Counter[str] = Counter()
     researcher, analyst = async_incident_agents(calls)
     builder = sequential_graph(
-        [("researcher", researcher), ("analyst", analyst)], policy=GuardPolicy(hops=6)
+        [("researcher", researcher), ("analyst", analyst)], policy=GuardPolicy(hops=6, loops=False)
     )
     graph = builder.compile(checkpointer=async_saver)
 
@@ -309,7 +313,7 @@ def test_escalated_incident_resumes_with_more_hops_then_accepts_partial(
     researcher, analyst = incident_agents(calls)
     builder = sequential_graph(
         [("researcher", researcher), ("analyst", analyst)],
-        policy=GuardPolicy(hops=6, owner="escalate"),
+        policy=GuardPolicy(hops=6, owner="escalate", loops=False),
     )
     graph = builder.compile(checkpointer=saver)
 
@@ -625,7 +629,7 @@ def test_parallel_incident_fans_out_again_until_the_hop_cap(
     builder = parallel_graph(
         {"researcher": researcher},
         ("analyst", analyst),
-        policy=GuardPolicy(hops=6),
+        policy=GuardPolicy(hops=6, loops=False),
         on_incomplete="again",
     )
     graph = builder.compile(checkpointer=saver)
@@ -647,7 +651,7 @@ async def test_parallel_incident_fans_out_again_until_the_hop_cap_async(
     builder = parallel_graph(
         {"researcher": researcher},
         ("analyst", analyst),
-        policy=GuardPolicy(hops=6),
+        policy=GuardPolicy(hops=6, loops=False),
         on_incomplete="again",
     )
     state = await builder.compile(checkpointer=async_saver).ainvoke({"task": "Why?"}, config)

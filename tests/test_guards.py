@@ -261,7 +261,7 @@ def test_deadline_trips_and_routes_to_the_owner(config: Any) -> None:
         time.sleep(0.02)
         return {"status": "partial", "reason": "more"}
 
-    policy = GuardPolicy(hops=1000, budget=Budget(seconds=0.05))
+    policy = GuardPolicy(hops=1000, budget=Budget(seconds=0.05), loops=False)
     b = GuardedStateGraph(State)
     b.add_node("slow", guarded(slow, policy))
     b.add_node("owner", task_owner(policy), destinations=("slow", END))

@@ -1,0 +1,208 @@
+"""Loop detection internals: the window entry layout, and what one step shows (its tool
+calls with their results, its request, its progress).
+
+The public side is :mod:`sanegraph.guards.loops`; the detectors are in ``_loopdetect``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+from ._similarity import normalize, short_hash, text_of
+
+ENTRY_FIELDS = ("agent", "fp", "hop", "out", "sim", "tools", "progress", "stalls", "text")
+"""The positions of a window entry (a JSON-ready list of str and int, never None):
+
+- ``agent`` (str), ``fp`` (str): the agent and its action fingerprint (12 hex, ``""`` if its
+  fingerprint covers nothing);
+- ``hop`` (int): the hop of the step (parallel steps of one superstep share it);
+- ``out`` (str): hash of the normalized result, ``""`` for a result under 16 characters;
+- ``sim`` (str): the near-duplicate signature (``""`` when the detector is off or the
+  text has fewer than three words);
+- ``tools`` (str): the tool calls seen, space-separated ``name:args:result:call`` tokens
+  (hashes; ``result`` is ``""`` while pending and starts with ``!`` for an error);
+- ``progress`` (str): hash of what changed in the watched state (``""``: nothing);
+- ``stalls`` (int): the stall count after the step;
+- ``text`` (str): at most 60 characters of the step's result or reason, for people.
+"""
+
+AGENT, FP, HOP, OUT, SIM, TOOLS, PROG, STALL, TEXT = range(len(ENTRY_FIELDS))
+SIZE = len(ENTRY_FIELDS)
+
+_PROGRESS = itemgetter(PROG)
+_MAX_TOOLS = 8
+"""Tool calls kept per entry (the last ones)."""
+_MAX_TEXT = 60
+"""Characters of a step's text kept for people."""
+_SCAN = 64
+"""Messages read from the end of a list: bounds the cost per step."""
+_ENVELOPE_TOOL = "Envelope"
+"""The tool name of an envelope carried as a tool call: not a real tool."""
+_NAME = re.compile(r"[^\w.-]")
+
+
+# -- what a step's messages show ---------------------------------------------------------
+
+
+def _get(message: Any, name: str) -> Any:
+    if isinstance(message, Mapping):
+        return message.get(name)
+    return getattr(message, name, None)
+
+
+def _kind(message: Any) -> str:
+    kind = _get(message, "type") or _get(message, "role") or ""
+    return "ai" if kind == "assistant" else str(kind)
+
+
+def new_messages(update: Mapping[str, Any] | None, state: Mapping[str, Any]) -> list[Any]:
+    """The messages a step added: a subgraph hands back the whole list, a node only news."""
+    messages = update.get("messages") if update else None
+    if messages is None:
+        return []
+    if not isinstance(messages, (list, tuple)):
+        messages = [messages]
+    old = state.get("messages")
+    last = old[-1] if isinstance(old, list) and old else None
+    last_id = _get(last, "id") if last is not None else None
+    new = []
+    for message in reversed(messages[-_SCAN:]):
+        if last is not None and (
+            message is last or (last_id is not None and _get(message, "id") == last_id)
+        ):
+            break
+        new.append(message)
+    new.reverse()
+    return new
+
+
+def _tool_call(call: Any) -> tuple[str, Any, str]:
+    function = _get(call, "function")
+    if isinstance(function, Mapping):  # OpenAI-style dict messages
+        name, args = function.get("name"), function.get("arguments")
+    else:
+        name, args = _get(call, "name"), _get(call, "args")
+    return str(name or ""), args, str(_get(call, "id") or "")
+
+
+def tool_tokens(new: list[Any], state: Mapping[str, Any]) -> list[str]:
+    """Tool calls of the step, with the results it saw: ``name:args:result:call`` tokens.
+
+    Results come from the step's own messages (a ReAct agent) or, for the calls the
+    previous step made, from the tool messages ending the request (agent -> ToolNode ->
+    agent).
+    """
+    seen: list[Any] = []
+    old = state.get("messages")
+    if isinstance(old, list) and old:
+        start = len(old)
+        while start > 0 and len(old) - start < _SCAN and _kind(old[start - 1]) == "tool":
+            start -= 1
+        if start < len(old):
+            seen.extend(old[max(start - 1, 0) :])  # with the AI message that asked
+    seen.extend(new)
+    calls: dict[str, list[str]] = {}
+    for message in seen:
+        kind = _kind(message)
+        if kind == "ai":
+            for call in _get(message, "tool_calls") or ():
+                name, args, call_id = _tool_call(call)
+                if name == _ENVELOPE_TOOL:
+                    continue
+                args_hash = short_hash(normalize(text_of(args)), 4)
+                name = _NAME.sub("_", name)[:24] or "?"
+                calls[call_id or f"#{len(calls)}"] = [name, args_hash, "", call_id]
+        elif kind == "tool":
+            call_id = str(_get(message, "tool_call_id") or "")
+            result = short_hash(normalize(text_of(_get(message, "content"))), 4)
+            if _get(message, "status") == "error":
+                result = "!" + result
+            known = calls.get(call_id) if call_id else None
+            if known is None:
+                name = _NAME.sub("_", str(_get(message, "name") or ""))[:24] or "?"
+                calls[call_id or f"#{len(calls)}"] = [name, "", result, call_id]
+            else:
+                known[2] = result
+    return [
+        f"{name}:{args}:{result}:{short_hash(call_id, 3) if call_id else ''}"
+        for name, args, result, call_id in list(calls.values())[-_MAX_TOOLS:]
+    ]
+
+
+def tool_part(tokens: list[str]) -> str:
+    """A step's tool calls and results without call ids, in a fixed order (the
+    fingerprint's ``tool_calls`` part)."""
+    return " ".join(sorted(t.rpartition(":")[0] for t in tokens))
+
+
+def request_text(state: Mapping[str, Any], key: str) -> str:
+    """What the agent was asked: the last message, or the newest other envelope."""
+    messages = state.get("messages")
+    if isinstance(messages, list) and messages:
+        return text_of(messages[-1])
+    ledger = state.get("guard")
+    envelopes = ledger.get("envelopes") if isinstance(ledger, Mapping) else None
+    if isinstance(envelopes, Mapping):
+        for other in reversed(list(envelopes)):
+            env = envelopes[other]
+            if other != key and isinstance(env, Mapping):
+                return f"{text_of(env.get('result'))} {env.get('reason') or ''}"
+    return ""
+
+
+def changed(new: Any, old: Any) -> bool:
+    """Whether a written value differs from the state's (unsure counts as changed)."""
+    if new is old:
+        return False
+    try:
+        return bool(new != old)
+    except Exception:  # e.g. arrays, whose comparison has no single truth value
+        return True
+
+
+def seen_progress(window: Sequence[Sequence[Any]], progress: str) -> bool:
+    """Whether an entry of the window already made this progress."""
+    try:
+        return progress in map(_PROGRESS, window)
+    except IndexError:  # an entry of an older layout
+        return any(len(e) >= SIZE and e[PROG] == progress for e in window)
+
+
+def snippet(envelope: Mapping[str, Any], result: str) -> str:
+    """At most 60 characters of the step's result, or else its reason, for people."""
+    text = " ".join(result.split())
+    if not text:
+        text = " ".join(str(envelope.get("reason") or "").split())
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
+
+
+def progress(
+    envelope: Mapping[str, Any],
+    result: str,
+    update: Mapping[str, Any] | None,
+    state: Mapping[str, Any],
+    watch: tuple[str, ...],
+    key: str,
+) -> str:
+    """Hash of what the step changed in the watched state; ``""`` if it changed nothing."""
+    if watch:
+        written = [
+            f"{k}={normalize(text_of(update[k]))}"
+            for k in watch
+            if update and k in update and changed(update[k], state.get(k))
+        ]
+        return short_hash("\x1e".join(written)) if written else ""
+    ledger = state.get("guard")
+    envelopes = ledger.get("envelopes") if isinstance(ledger, Mapping) else None
+    before = envelopes.get(key) if isinstance(envelopes, Mapping) else None
+    status = envelope.get("status")
+    if (
+        isinstance(before, Mapping)
+        and before.get("status") == status
+        and before.get("result") == envelope.get("result")
+    ):
+        return ""
+    return short_hash(f"{status}\x1e{result}")
