@@ -55,6 +55,9 @@ class GuardTripped(SanegraphError, RuntimeError):
         observed: The value that would have exceeded it.
         agent: The agent whose step tripped, if any.
         scope: Where the limit applies (``"thread"`` or ``"agent"``).
+        trip: The trip record as written to the ledger (with the kind's extra keys:
+            ``limit_key`` and ``projected`` for budgets, ``detector`` and ``steps`` for
+            loops).
 
     Example:
         ```python
@@ -75,12 +78,25 @@ class GuardTripped(SanegraphError, RuntimeError):
         observed: Any = None,
         agent: str | None = None,
         scope: str = "thread",
+        trip: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.limit = limit
         self.observed = observed
         self.agent = agent
         self.scope = scope
+        self.trip: dict[str, Any] = (
+            dict(trip)
+            if trip is not None
+            else {
+                "kind": self.kind,
+                "message": message,
+                "limit": limit,
+                "observed": observed,
+                "agent": agent,
+                "scope": scope,
+            }
+        )
 
     @classmethod
     def from_trip(cls, trip: Mapping[str, Any]) -> GuardTripped:
@@ -93,10 +109,9 @@ class GuardTripped(SanegraphError, RuntimeError):
             observed=trip.get("observed"),
             agent=trip.get("agent"),
             scope=trip.get("scope", "thread"),
+            trip=trip,
         )
         exc.kind = kind
-        if isinstance(exc, (BudgetExceeded, LoopDetected)):
-            exc.trip = dict(trip)
         return exc
 
 
@@ -138,30 +153,6 @@ class BudgetExceeded(GuardTripped):
 
     kind = "budget"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        limit: Any = None,
-        observed: Any = None,
-        agent: str | None = None,
-        scope: str = "thread",
-        trip: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message, limit=limit, observed=observed, agent=agent, scope=scope)
-        self.trip: dict[str, Any] = (
-            dict(trip)
-            if trip is not None
-            else {
-                "kind": self.kind,
-                "message": message,
-                "limit": limit,
-                "observed": observed,
-                "agent": agent,
-                "scope": scope,
-            }
-        )
-
 
 class LoopDetected(GuardTripped):
     """A repeating pattern was detected (``LoopPolicy``): a repeat, a copy, a cycle, a
@@ -172,19 +163,6 @@ class LoopDetected(GuardTripped):
     """
 
     kind = "loop"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        limit: Any = None,
-        observed: Any = None,
-        agent: str | None = None,
-        scope: str = "thread",
-        trip: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message, limit=limit, observed=observed, agent=agent, scope=scope)
-        self.trip: dict[str, Any] = dict(trip) if trip is not None else {}
 
 
 LOOP_KINDS = frozenset(

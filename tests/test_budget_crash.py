@@ -9,7 +9,6 @@ bill, which the agent keeps in a plain file outside sanegraph.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from sanegraph.guards.budget import price_call
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _crash_worker import IN, MAX, OUT
+from _spawn import spawn
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
 CALL = price_call("openai", "gpt-4o", IN, OUT)
@@ -27,13 +27,7 @@ PROJECTED = price_call("openai", "gpt-4o", IN, MAX)
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
+    return spawn(WORKER, *args)
 
 
 def test_a_sigkill_after_spending_neither_loses_nor_double_counts(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ defined status, and none crashes.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from sanegraph.checkpoints import SharedBudget
 from sanegraph.guards.budget import price_call
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _spawn import spawn
 from _weekend_worker import IN, OUT
 
 WORKER = Path(__file__).with_name("_weekend_worker.py")
@@ -31,13 +31,7 @@ CALL = price_call("openai", "gpt-4o", IN, OUT)
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
+    return spawn(WORKER, *args)
 
 
 def test_two_hundred_conversations_share_twenty_dollars(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -31,6 +30,9 @@ from sanegraph.checkpoints.pool import (
 )
 from sanegraph.guards import ConfigurationError
 from sanegraph.guards.budget import Spend
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _spawn import spawn
 
 WORKER = Path(__file__).with_name("_pool_worker.py")
 DOLLAR = 1_000_000
@@ -347,13 +349,7 @@ async def test_concurrent_async_reservations_get_exactly_the_limit(db: Path) -> 
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
+    return spawn(WORKER, *args)
 
 
 def _wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
