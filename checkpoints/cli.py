@@ -54,6 +54,9 @@ def thread_summary(saver: Any, thread_id: str) -> ThreadSummary | None:
         rollbacks=ledger["rollbacks"],
         recent=ledger["recent"],
         outcome=ledger["outcome"],
+        spent=ledger["spent"],
+        spent_by_agent=ledger["spent_by_agent"],
+        warned=ledger["warned"],
     )
 
 
@@ -74,16 +77,30 @@ def _kind(trip: dict[str, Any] | None) -> str:
     return str(trip["kind"]) if trip else "-"
 
 
+def _usd(spent: dict[str, int]) -> str:
+    return f"${spent.get('usd_micros', 0) / 1_000_000:.4f}" if spent else "-"
+
+
+def _spend_line(summary: ThreadSummary) -> str:
+    spent = summary["spent"]
+    if not spent:
+        return "-"
+    tokens = f"{spent.get('input_tokens', 0):,} in + {spent.get('output_tokens', 0):,} out tokens"
+    agents = ", ".join(f"{a}={_usd(s)}" for a, s in summary["spent_by_agent"].items())
+    return f"{_usd(spent)} ({tokens}; {agents})" if agents else f"{_usd(spent)} ({tokens})"
+
+
 def _print_runs(threads: list[ThreadSummary]) -> None:
     if not threads:
         print("No threads.")
         return
-    head = ("thread", "status", "hops", "trips", "last trip")
+    head = ("thread", "status", "hops", "spent", "trips", "last trip")
     rows = [
         (
             t["thread_id"],
             t["status"],
             str(t["hops"]),
+            _usd(t["spent"]),
             str(t["trips"]),
             (t["last_trip"] or {}).get("kind", "-"),
         )
@@ -103,8 +120,16 @@ def _print_show(summary: ThreadSummary) -> None:
     print(f"hops       {summary['hops']} ({agents or 'none'})")
     print(f"last sane  {summary['last_sane'] or '-'}")
     print(f"rollbacks  {summary['rollbacks']}")
-    if summary["last_trip"]:
-        print(f"last trip  {summary['last_trip']['kind']}: {summary['last_trip']['message']}")
+    print(f"spent      {_spend_line(summary)}")
+    if summary["warned"]:
+        print(f"warned     {', '.join(summary['warned'])} (reached the warning threshold)")
+    trip = summary["last_trip"]
+    if trip:
+        print(f"last trip  {trip['kind']}: {trip['message']}")
+        for step in trip.get("steps") or []:
+            # A loop trip shows the repeating steps.
+            hop, agent = step.get("hop", "?"), step.get("agent", "?")
+            print(f"  #{hop!s:<4} {agent:<12} {step.get('text', '')}")
     if summary["outcome"]:
         outcome = summary["outcome"]
         print(f"outcome    {outcome['status']}: {outcome['result']!r}")

@@ -31,7 +31,7 @@ from langgraph.errors import GraphRecursionError
 from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
-from sanegraph.guards import GuardPolicy, outcome_of, read_ledger
+from sanegraph.guards import Budget, GuardPolicy, outcome_of, read_ledger
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
 from .rollback import rollback
@@ -43,6 +43,9 @@ GraphKind = Literal["sequential", "parallel"]
 
 MODEL = "gpt-4o-mini"
 PROVIDER = "openai"
+BUDGET = Budget(usd=1)
+"""The guarded runs' money limit: far above what they spend; the ledger meters each call,
+so ``sanegraph runs`` / ``show`` report what every thread cost."""
 SAFETY_CAP = 100
 """The unguarded run's only stop: LangGraph's ``recursion_limit`` (its default is 10,007)."""
 
@@ -237,9 +240,9 @@ def run_demo(
         runs = [_unguarded(saver)]
         task = {"task": "Why did Q3 churn rise?", "tasks": ["churn drivers"]}
 
-        guarded = _guarded_graph(graph, GuardPolicy(hops=max_hops), _models()).compile(
-            checkpointer=saver
-        )
+        guarded = _guarded_graph(
+            graph, GuardPolicy(hops=max_hops, budget=BUDGET), _models()
+        ).compile(checkpointer=saver)
         config: Any = {"configurable": {"thread_id": f"guarded-{uuid.uuid4().hex[:8]}"}}
         guarded.invoke(task, config)
         runs.append(
@@ -254,7 +257,9 @@ def run_demo(
             )
         )
 
-        capped = _guarded_graph(graph, GuardPolicy(hops=max_hops, loops=False), _models())
+        capped = _guarded_graph(
+            graph, GuardPolicy(hops=max_hops, budget=BUDGET, loops=False), _models()
+        )
         capped_graph = capped.compile(checkpointer=saver)
         cap_config: Any = {"configurable": {"thread_id": f"hop-cap-{uuid.uuid4().hex[:8]}"}}
         capped_graph.invoke(task, cap_config)
@@ -268,7 +273,9 @@ def run_demo(
         )
 
         escalating = _guarded_graph(
-            graph, GuardPolicy(hops=max_hops, owner="escalate", loops=False), _models()
+            graph,
+            GuardPolicy(hops=max_hops, budget=BUDGET, owner="escalate", loops=False),
+            _models(),
         )
         esc = escalating.compile(checkpointer=saver)
         esc_config: Any = {"configurable": {"thread_id": f"escalated-{uuid.uuid4().hex[:8]}"}}
@@ -292,7 +299,9 @@ def run_demo(
             model_name=MODEL,
             provider=PROVIDER,
         )
-        fixed = _guarded_graph(graph, GuardPolicy(hops=max_hops), (researcher, fixed_analyst))
+        fixed = _guarded_graph(
+            graph, GuardPolicy(hops=max_hops, budget=BUDGET), (researcher, fixed_analyst)
+        )
         fixed_graph = fixed.compile(checkpointer=saver)
         narrower = {"task": "Did the EMEA price change drive churn?"}
         forked = rollback(fixed_graph, config, patch=narrower)

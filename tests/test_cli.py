@@ -133,13 +133,17 @@ def test_runs_lists_the_threads(
         "thread",
         "status",
         "hops",
+        "spent",
         "trips",
         "last trip",
     ]
     listed = {line.split()[0]: line.split() for line in lines[1:]}
     threads = {r["thread_id"] for r in runs.values()}
     assert set(listed) == threads
-    assert listed[runs["escalated"]["thread_id"]][1:] == ["done", "16", "2", "hop_cap"]
+    # The guarded runs are metered: the ledger's spend is what the demo's models cost.
+    cost = f"${runs['escalated']['usd']:.4f}"
+    assert listed[runs["escalated"]["thread_id"]][1:] == ["done", "16", cost, "2", "hop_cap"]
+    assert listed[runs["unguarded"]["thread_id"]][3] == "-"
 
     assert main(["runs", "--db", str(db), "--json"]) == 0
     summaries = {t["thread_id"]: t for t in json.loads(capsys.readouterr().out)}
@@ -161,6 +165,10 @@ def test_show_prints_the_ledger(
     assert f"thread     {thread}\n" in out
     assert "status     done\n" in out
     assert "hops       16 (researcher=8, analyst=8)\n" in out
+    assert re.search(
+        r"spent      \$0\.\d{4} \([\d,]+ in \+ [\d,]+ out tokens; researcher=\$0\.\d{4}, analyst=\$0\.\d{4}\)\n",
+        out,
+    )
     assert "last trip  hop_cap: The next hop would exceed max_hops=16 (hops=16" in out
     assert f"outcome    partial: {runs['escalated']['result']!r}\n" in out
     assert "analyst      partial - I need more context" in out
@@ -202,3 +210,27 @@ def test_console_script_help() -> None:
     assert proc.stdout.startswith("usage: sanegraph")
     for command in ("demo", "runs", "show"):
         assert command in proc.stdout
+
+
+def test_show_lists_the_steps_of_a_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sanegraph.checkpoints import sqlite_saver
+    from sanegraph.graphs import sequential_graph
+    from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
+
+    stuck = envelope_message("partial", reason="I need more context")
+    docs = [envelope_message("success", f"doc {i}") for i in range(9)]
+    agents = {
+        "researcher": scripted_agent(ScriptedChatModel(docs), name="researcher"),
+        "analyst": scripted_agent(ScriptedChatModel([stuck], cycle=True), name="analyst"),
+    }
+    db = tmp_path / "loops.sqlite"
+    with sqlite_saver(db) as saver:
+        graph = sequential_graph(agents).compile(checkpointer=saver)
+        graph.invoke({"task": "Why?"}, {"configurable": {"thread_id": "looped"}})
+
+    assert main(["show", "looped", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "last trip  loop_repeat: " in out
+    steps = [line.split() for line in out.splitlines() if line.startswith("  #")]
+    loop = [s for s in steps if s[1] == "analyst" and "context" in " ".join(s)]
+    assert [s[0] for s in loop[:3]] == ["#2", "#4", "#6"]
