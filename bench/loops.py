@@ -2,8 +2,10 @@
 and history lengths.
 
 For each window size (16, 64, 256), one thread per history length (100, 10,000 steps) is
-built by folding that many steps through ``fold_ledger`` (window size set with the delta
-key ``window_size``), its messages list growing with the steps' messages. Then the same
+built by folding that many steps through ``fold_ledger`` as ``guarded()`` does (the step's
+window entry in the delta's ``entry``, the window size in ``window_size``), its messages
+list growing with the steps' messages. A history shorter than the window is raised to the
+window size, so that every thread is timed with a full window. Then the same
 ``--steps`` steps are timed on every thread, interleaved so that the machine's load
 affects each history alike: computing the step's window entry and running every detector
 (each step timed ``--repeat`` times, the fastest kept; figures are medians over the
@@ -72,19 +74,16 @@ def make_step(
 
 
 def fold_step(ledger: Ledger, agent: str, envelope: dict[str, Any], entry: list[Any]) -> Ledger:
+    """Fold the step as ``guarded()`` does: its window entry goes in through the delta."""
     delta: dict[str, Any] = {
         "agent": agent,
         "hop": 1,
-        "fp": entry[1],
+        "entry": entry,
         "envelope": [agent, envelope],
         "sane": True,
         "parent": f"checkpoint-{ledger['hops']}",
     }
-    ledger = fold_ledger(ledger, delta)
-    # Until the ledger stores loop entries itself, put the whole entry in the slot it
-    # appended for this step (each step is its own superstep, so that slot is the last).
-    ledger["window"][-1] = entry
-    return ledger
+    return fold_ledger(ledger, delta)
 
 
 class Thread:
@@ -94,6 +93,8 @@ class Thread:
         self.policy = LoopPolicy(window=window)
         self.ledger = fold_ledger(new_ledger(), {"window_size": window})
         self.messages: list[Any] = [HumanMessage("Write the market report.", id="human")]
+        # A window still filling up would make the short history look cheaper.
+        history = max(history, window)
         self.history = history
         self.entry_ns: list[int] = []
         self.check_ns: list[int] = []
@@ -186,20 +187,14 @@ def main() -> None:
                 )
     low, high = min(args.histories), max(args.histories)
     ratios: dict[str, dict[str, float]] = {}
-    for row in results:
-        if row["history"] != high:
-            continue
-        base = next(
-            r
-            for r in results
-            if r["workload"] == row["workload"]
-            and r["window"] == row["window"]
-            and r["history"] == low
+    for workload, window in {(r["workload"], r["window"]): None for r in results}:
+        rows = [r for r in results if r["workload"] == workload and r["window"] == window]
+        shortest = min(rows, key=lambda r: r["history"])
+        longest = max(rows, key=lambda r: r["history"])
+        ratios.setdefault(workload, {})[str(window)] = round(
+            longest["total_us"] / shortest["total_us"], 2
         )
-        ratios.setdefault(row["workload"], {})[str(row["window"])] = round(
-            row["total_us"] / base["total_us"], 2
-        )
-    print(f"\ncost@{high} / cost@{low} (median total per step), by window:")
+    print(f"\ncost@{high} / cost@max({low}, window) (median total per step), by window:")
     for workload, by_window in ratios.items():
         shown = ", ".join(f"window {w}: {r}" for w, r in by_window.items())
         print(f"  {workload}: {shown}")

@@ -12,6 +12,7 @@ from .budget import Price, Spend
 from .checks import check_deadline, check_envelope, check_hops, make_trip
 from .envelope import Envelope, EnvelopeStatus, coerce_envelope, envelope_to_dict
 from .errors import (
+    LOOP_KINDS,
     BudgetExceeded,
     ConfigurationError,
     DeadlineExceeded,
@@ -57,6 +58,7 @@ from .route import guard_route, guard_sends, is_tripped
 __all__ = (
     "BRANCH_KEY",
     "DEFAULT_WINDOW",
+    "LOOP_KINDS",
     "MAX_ENVELOPES",
     "MAX_RECENT",
     "MAX_TRIPS",

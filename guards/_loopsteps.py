@@ -6,6 +6,7 @@ The public side is :mod:`sanegraph.guards.loops`; the detectors are in ``_loopde
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
@@ -39,8 +40,10 @@ _MAX_TEXT = 60
 """Characters of a step's text kept for people."""
 _SCAN = 64
 """Messages read from the end of a list: bounds the cost per step."""
-_ENVELOPE_TOOL = "Envelope"
-"""The tool name of an envelope carried as a tool call: not a real tool."""
+_ENVELOPE_TOOLS = frozenset(("Envelope", "submit_envelope"))
+"""Tool names of an envelope carried as a tool call (structured output, and
+``testing.envelope_message(as_tool_call=True)``): not real tools."""
+_ENVELOPE_KEYS = frozenset(("status", "result", "confidence", "reason"))
 _NAME = re.compile(r"[^\w.-]")
 
 
@@ -88,6 +91,19 @@ def _tool_call(call: Any) -> tuple[str, Any, str]:
     return str(name or ""), args, str(_get(call, "id") or "")
 
 
+def _is_envelope(args: Any) -> bool:
+    """Whether a tool call's arguments are an envelope (the guard reads the first call
+    with a ``status`` argument as the step's envelope, whatever its name): a call whose
+    arguments are ``status`` and other envelope fields only is no tool, and it is never
+    answered, so it would count as a pending call on every step."""
+    if isinstance(args, str) and '"status"' in args:  # OpenAI-style: arguments as JSON
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return False
+    return isinstance(args, Mapping) and "status" in args and args.keys() <= _ENVELOPE_KEYS
+
+
 def tool_tokens(new: list[Any], state: Mapping[str, Any]) -> list[str]:
     """Tool calls of the step, with the results it saw: ``name:args:result:call`` tokens.
 
@@ -105,18 +121,23 @@ def tool_tokens(new: list[Any], state: Mapping[str, Any]) -> list[str]:
             seen.extend(old[max(start - 1, 0) :])  # with the AI message that asked
     seen.extend(new)
     calls: dict[str, list[str]] = {}
+    envelopes: set[str] = set()
     for message in seen:
         kind = _kind(message)
         if kind == "ai":
             for call in _get(message, "tool_calls") or ():
                 name, args, call_id = _tool_call(call)
-                if name == _ENVELOPE_TOOL:
+                if name in _ENVELOPE_TOOLS or _is_envelope(args):
+                    if call_id:  # skip its answer too, if any (structured output)
+                        envelopes.add(call_id)
                     continue
                 args_hash = short_hash(normalize(text_of(args)), 4)
                 name = _NAME.sub("_", name)[:24] or "?"
                 calls[call_id or f"#{len(calls)}"] = [name, args_hash, "", call_id]
         elif kind == "tool":
             call_id = str(_get(message, "tool_call_id") or "")
+            if call_id in envelopes or _get(message, "name") in _ENVELOPE_TOOLS:
+                continue
             result = short_hash(normalize(text_of(_get(message, "content"))), 4)
             if _get(message, "status") == "error":
                 result = "!" + result
@@ -169,6 +190,30 @@ def seen_progress(window: Sequence[Sequence[Any]], progress: str) -> bool:
         return progress in map(_PROGRESS, window)
     except IndexError:  # an entry of an older layout
         return any(len(e) >= SIZE and e[PROG] == progress for e in window)
+
+
+def tool_progress(tokens: list[str], window: Sequence[Sequence[Any]]) -> str:
+    """Hash of the tool answers the step saw that no entry of the window saw; ``""`` if
+    none. Errors and pending calls are never progress; an answer counts by tool and result,
+    so paging or polling whose results change makes progress, and the same answer again
+    does not."""
+    answers = {a for a in map(_answer, tokens) if a and "!" not in a}
+    if not answers:
+        return ""
+    for e in window:
+        if len(e) >= SIZE and e[TOOLS]:
+            answers.difference_update(map(_answer, e[TOOLS].split()))
+            if not answers:
+                return ""
+    return short_hash("tools\x1e" + " ".join(sorted(answers)))
+
+
+def _answer(token: str) -> str:
+    """``name:result`` of a ``name:args:result:call`` token; ``""`` while pending."""
+    fields = token.split(":")
+    if len(fields) != 4 or not fields[2]:
+        return ""
+    return f"{fields[0]}:{fields[2]}"
 
 
 def snippet(envelope: Mapping[str, Any], result: str) -> str:

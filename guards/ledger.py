@@ -63,6 +63,10 @@ MAX_RECENT = 8
 MAX_TRIPS = 16
 """How many trip records the ledger keeps; ``trip_count`` counts them all."""
 
+FANOUT_HOPS = "fanout_hops"
+"""Key of the hop count a ``guard_sends`` branch's view of the ledger started from (its
+``hops`` also counts its earlier siblings', for the cap). Only in views, never stored."""
+
 MAX_ENVELOPES = 64
 """How many envelope keys the ledger keeps (the newest envelope of each agent or parallel
 branch); past that the least recently written key is dropped."""
@@ -568,6 +572,7 @@ def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
         if there < here or not current:
             # Entering a subgraph: take the parent's ledger and remember it as the base.
             adopted = _complete(update)
+            adopted.pop(FANOUT_HOPS, None)  # type: ignore[misc]
             adopted["depth"] = here
             adopted["base"] = _snapshot(adopted)
             return adopted

@@ -161,7 +161,7 @@ class LoopPolicy:
       (a pending call counts as answering like the tool's latest answer)
     - tool errors: ``consecutive errors of one tool > max_tool_errors``
     - no progress: ``stalls >= max_stalls``, where a step that changes nothing watched adds
-      1 to the stall count and a step that makes progress halves it
+      1 to the stall count and a step that makes progress halves it (see ``watch``)
 
     Example:
         ```python
@@ -193,7 +193,8 @@ class LoopPolicy:
     watch: tuple[str, ...] = ()
     """State keys whose change is progress: a step that writes one of them with a value not
     seen in the window. Empty (default): a step makes progress when its envelope's status
-    and result are new in the window."""
+    and result are new in the window, or when a tool it called gave an answer (not an
+    error) that no step in the window saw: paging and polling whose results change."""
     window: int = DEFAULT_WINDOW
     """How many recent steps the ledger keeps for detection (the ledger's ``window_size``)."""
     fingerprint: tuple[FingerprintPart, ...] = ("output", "tool_calls")
@@ -361,6 +362,9 @@ def step_entry(
         sim = policy.similarity.signature(text)
     out = short_hash(result) if len(result) >= _MIN_COPY else ""
     progress = _st.progress(envelope, result, update, state, policy.watch, key)
+    if not progress and not policy.watch:
+        # A poller may say the same thing every time while its tool answers change.
+        progress = _st.tool_progress(tokens, window)
     stalls = 0
     last = window[-1] if window else None
     if last is not None and len(last) >= _st.SIZE and isinstance(last[_st.STALL], int):

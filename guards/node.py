@@ -26,7 +26,7 @@ from .budget import BudgetMeter, Spend, SpendGroup, metering
 from .checks import check_deadline, check_envelope, check_hops
 from .envelope import Envelope, coerce_envelope, envelope_to_dict, plain_envelope_dict
 from .errors import BudgetExceeded, ConfigurationError, GuardTripped
-from .ledger import EnvelopeRecord, Ledger, StepDelta, Trip, fold_ledger, read_ledger
+from .ledger import FANOUT_HOPS, EnvelopeRecord, Ledger, StepDelta, Trip, fold_ledger, read_ledger
 from .loops import check_loops, step_entry
 from .policy import GuardPolicy
 
@@ -138,6 +138,8 @@ class _Guard:
             # new turn starts, with every count carried over (the caps still hold).
             delta["status"] = "running"
             delta["outcome"] = None
+            # The loops of the finished run are not this turn's.
+            delta["reset_window"] = True
         # The parent checkpoint holds the state the last (sane) superstep produced. A
         # task's namespace is "node:task_id"; a "|" means it runs in a subgraph, whose
         # checkpoints are not the thread's rollback targets.
@@ -306,15 +308,26 @@ class _Guard:
         if loops is None:
             delta["fp"] = digest(as_dict)
         else:
-            window = ledger["window"]
+            # A new turn starts with an empty window (before() resets it).
+            window = [] if delta.get("reset_window") else ledger["window"]
+            # Parallel branches of one superstep share a hop: guard_sends shows each
+            # branch its siblings' hops for the cap, and the hop they started from here.
+            view: Mapping[str, Any] = ledger
+            step_hop: int = view.get(FANOUT_HOPS, ledger["hops"]) + 1
             entry = step_entry(
-                agent, as_dict, update=update, state=state, policy=loops, window=window, hop=hop
+                agent,
+                as_dict,
+                update=update,
+                state=state,
+                policy=loops,
+                window=window,
+                hop=step_hop,
             )
             delta["entry"] = entry
             if ledger["window_size"] != loops.window:
                 delta["window_size"] = loops.window
             if trip is None:
-                trip = check_loops(window, entry, policy=loops, agent=agent, hops=hop)
+                trip = check_loops(window, entry, policy=loops, agent=agent, hops=step_hop)
         delta["hop"] = 1
         delta["latency"] = latency
         delta["record"] = record

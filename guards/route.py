@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from langgraph.types import Send
 
 from .errors import ConfigurationError
-from .ledger import read_ledger
+from .ledger import FANOUT_HOPS, read_ledger
 from .node import BRANCH_KEY
 from .policy import GuardPolicy
 
@@ -129,6 +129,7 @@ def guard_sends(state: Mapping[str, Any], sends: Sequence[Send]) -> list[Send]:
             )
         view = dict(ledger)
         view["hops"] = hops + i
+        view[FANOUT_HOPS] = hops
         seen = extra.get(send.node, 0)
         if seen:
             counts = dict(by_agent)

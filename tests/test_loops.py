@@ -461,6 +461,56 @@ def test_openai_style_dict_messages() -> None:
     assert token.startswith("get:") and token.split(":")[2]
 
 
+def test_envelopes_carried_as_tool_calls_are_not_tools() -> None:
+    # The guard reads the first call with a "status" argument as the envelope, whatever its
+    # name; counted as a tool call, it would stay pending forever and make every reworded
+    # request a different "tool call" (no near-duplicates).
+    def tools_of(*calls: dict[str, Any]) -> list[str]:
+        ai = AIMessage("", tool_calls=list(calls), id="m1")
+        made = step_entry(
+            "a", env(), update={"messages": [ai]}, state={}, policy=LoopPolicy(), window=[], hop=1
+        )
+        return [t.split(":")[0] for t in made[5].split()]
+
+    assert tools_of(call("submit_envelope", {"status": "partial", "reason": "more"}, "c1")) == []
+    assert tools_of(call("report", {"status": "success", "result": {"n": 1}}, "c2")) == []
+    # A real tool may take a status among other arguments.
+    assert tools_of(call("update_ticket", {"ticket": 7, "status": "closed"}, "c3")) == [
+        "update_ticket"
+    ]
+    openai_style = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "c4", "function": {"name": "report", "arguments": '{"status": "failed"}'}},
+            {"id": "c5", "function": {"name": "get", "arguments": '{"status": "open", "q": 1}'}},
+        ],
+    }
+    made = step_entry(
+        "a",
+        env(),
+        update={"messages": [openai_style]},
+        state={},
+        policy=LoopPolicy(),
+        window=[],
+        hop=1,
+    )
+    assert [t.split(":")[0] for t in made[5].split()] == ["get"]
+    # Nor is the answer to one (LangChain's structured output answers it).
+    asked = AIMessage("", tool_calls=[call("Report", {"status": "success"}, "c6")], id="m1")
+    answer = ToolMessage("Returning structured response", tool_call_id="c6", id="m2")
+    made = step_entry(
+        "a",
+        env(),
+        update=None,
+        state={"messages": [asked, answer]},
+        policy=LoopPolicy(),
+        window=[],
+        hop=1,
+    )
+    assert made[5] == ""
+
+
 # -- detectors on hand-built windows ----------------------------------------------------------
 
 
@@ -743,6 +793,30 @@ def test_default_progress_is_a_new_result() -> None:
     for result in ["a", "a", "b", "a", "c"]:
         run.step("w", env(result))
     assert [e[7] for e in run.window] == [0, 1, 0, 1, 0]
+
+
+def test_new_tool_answers_are_progress_by_default() -> None:
+    # A poller says the same thing every time: what its tool answers is what changes.
+    def poll(policy: LoopPolicy, answers: list[tuple[str, str]]) -> list[int]:
+        run = Run(policy)
+        run.messages.append(HumanMessage("Wait for job j1.", id="h"))
+        for i, (answer, status) in enumerate([*answers, ("", "")], 1):
+            ai = AIMessage("", tool_calls=[call("job_status", {"id": "j1"}, f"c{i}")], id=f"a{i}")
+            run.step("poller", env(None, "waiting for j1", "partial"), {"messages": [ai]})
+            run.messages.append(
+                ToolMessage(answer, tool_call_id=f"c{i}", status=status or "success", id=f"t{i}")
+            )
+        return [e[7] for e in run.window]
+
+    changing = [("running: 5%", ""), ("running: 15%", ""), ("running: 15%", "")]
+    changing += [("running: 15%", ""), ("done", "")]
+    # The same answer again is no progress; a new one halves the stall count.
+    assert poll(only(), changing) == [0, 0, 0, 1, 2, 1]
+    # Errors never are, even with new messages.
+    errors = [(f"Error: timeout after {i}0 seconds", "error") for i in range(1, 5)]
+    assert poll(only(), errors) == [0, 1, 2, 3, 4]
+    # With watch, only the watched keys count.
+    assert poll(only(watch=("answer",)), changing) == [1, 2, 3, 4, 5, 6]
 
 
 def test_trips_are_json_ready() -> None:
