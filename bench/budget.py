@@ -72,26 +72,18 @@ def lookup(query: str) -> str:
 
 
 class NoopHandler(BaseCallbackHandler):
-    """Receives model-call events and does nothing, attached like the meter."""
+    """Receives model-call events and does nothing, attached like the meter (and ignoring
+    the same events, with the same class attributes)."""
 
     raise_error = True
     run_inline = True
-
-    @property
-    def ignore_chain(self) -> bool:
-        return True
-
-    @property
-    def ignore_agent(self) -> bool:
-        return True
-
-    @property
-    def ignore_retriever(self) -> bool:
-        return True
-
-    @property
-    def ignore_custom_event(self) -> bool:
-        return True
+    ignore_chain = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
+    ignore_llm = False
+    ignore_chat_model = False
 
     def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
         pass

@@ -22,12 +22,20 @@ import pytest
 from genai_prices import Usage, calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 
+from sanegraph.guards import budget as budget_module
 from sanegraph.guards.budget import (
     BudgetExceeded,
     BudgetMeter,
@@ -558,6 +566,65 @@ def test_check_spend_never_lets_a_limit_be_exceeded_without_tripping(
     assert (trip is not None) == any(exceeded)
 
 
+grant_maps = st.dictionaries(
+    st.sampled_from(["usd", "tokens", "input_tokens", "per_call_tokens", "usd:a", "tokens:a"]),
+    st.integers(-2000, 2000).map(lambda n: n / 4),
+    max_size=3,
+)
+gated_budgets = st.builds(
+    lambda budget, cap, warn_at: Budget(
+        usd=budget.usd,
+        tokens=budget.tokens,
+        input_tokens=budget.input_tokens,
+        output_tokens=budget.output_tokens,
+        per_agent=budget.per_agent,
+        per_call_tokens=cap,
+        warn_at=warn_at,
+    ),
+    limits,
+    st.one_of(st.none(), st.integers(1, 9000)),
+    st.sampled_from([0.5, 0.75, 0.9, 1.0]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    budget=gated_budgets,
+    grants=grant_maps,
+    spent=small_spends,
+    before=small_spends,
+    own=small_spends,
+    projected=small_spends,
+    warned=st.sets(st.sampled_from(["usd", "tokens", "tokens:a"])),
+)
+def test_the_meters_gate_only_skips_checks_that_neither_trip_nor_warn(
+    budget: Budget,
+    grants: dict[str, float],
+    spent: Spend,
+    before: Spend,
+    own: Spend,
+    projected: Spend,
+    warned: set[str],
+) -> None:
+    # The meter skips check_spend when the gate says every limit stays below its warning
+    # threshold: check_spend must then say (None, []), whatever was warned before.
+    gate = budget_module._make_gate(budget, "a", grants)
+    expected = check_spend(
+        spent,
+        projected,
+        budget,
+        agent="a",
+        spent_by_agent={"a": before + own},
+        grants=grants,
+        warned=warned,
+    )
+    if budget_module._below(gate, spent, before, own, projected):
+        assert expected == (None, [])
+    elif not grants and not warned and budget.per_call_tokens is None:
+        # Reaching a threshold means check_spend warns or trips.
+        assert expected[0] is not None or expected[1]
+
+
 def test_a_budget_trip_becomes_budget_exceeded() -> None:
     trip, _ = check_spend(
         Spend(usd_micros=5_000_000), Spend(usd_micros=1), Budget(usd=5), agent="a"
@@ -960,6 +1027,139 @@ async def test_the_sync_inline_handler_blocks_an_async_call() -> None:
 
     assert reply.content == "allowed" and model.call_count == 1
     assert len(meter.calls) == 1
+
+
+# -- counting input tokens: cached per message ------------------------------------------
+
+texts = st.text(max_size=40)
+blocks = st.one_of(
+    texts,
+    st.builds(lambda t: {"type": "text", "text": t}, texts),
+    st.builds(lambda u: {"type": "image_url", "image_url": {"url": u}}, texts),
+    st.builds(lambda v: {"type": "other", "value": v}, st.integers() | texts),
+)
+contents = st.one_of(texts, st.lists(blocks, max_size=4))
+names = st.one_of(st.none(), st.text(min_size=1, max_size=8))
+tool_calls = st.lists(
+    st.builds(
+        lambda name, args, i: {"name": name, "args": args, "id": f"call_{i}"},
+        st.text(min_size=1, max_size=8),
+        st.dictionaries(st.text(max_size=5), st.integers() | texts | st.booleans(), max_size=3),
+        st.integers(0, 99),
+    ),
+    max_size=3,
+)
+messages = st.one_of(
+    st.builds(HumanMessage, content=contents, name=names),
+    st.builds(
+        lambda content, calls, name: AIMessage(content=content, tool_calls=calls, name=name),
+        contents,
+        tool_calls,
+        names,
+    ),
+    st.builds(ToolMessage, content=contents, tool_call_id=st.text(max_size=12), name=names),
+    st.builds(SystemMessage, content=contents),
+    st.builds(ChatMessage, content=contents, role=st.sampled_from(["user", "critic"])),
+)
+tool_schemas = st.lists(
+    st.builds(
+        lambda name, description: {
+            "type": "function",
+            "function": {"name": name, "description": description, "parameters": {}},
+        },
+        st.text(min_size=1, max_size=10),
+        texts,
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.lists(messages, max_size=8), tools=tool_schemas)
+def test_a_batch_counts_as_the_sum_of_its_messages_plus_the_tools_once(
+    batch: list[BaseMessage], tools: list[dict[str, Any]]
+) -> None:
+    # count_tokens_approximately rounds up per message (no usage-metadata scaling by
+    # default): what lets the meter cache each message's count.
+    whole = count_tokens_approximately(batch, tools=tools or None)
+    parts = sum(count_tokens_approximately([m]) for m in batch)
+    tools_part = count_tokens_approximately([], tools=tools) if tools else 0
+
+    assert whole == parts + tools_part
+    assert budget_module._count_messages(batch) == parts  # counted, then cached
+    assert budget_module._count_messages(batch) == parts  # from the cache
+    if tools:
+        assert budget_module._count_tools(tools) == tools_part
+        assert budget_module._count_tools(tools) == tools_part
+
+
+def _fresh(batch: list[BaseMessage]) -> int:
+    return count_tokens_approximately(batch)
+
+
+def test_a_cached_count_is_recounted_when_a_message_changes() -> None:
+    human = HumanMessage("What is known about the topic?")
+    call = {"name": "lookup", "args": {"query": "topic"}, "id": "call_1"}
+    ai = AIMessage("Let me look.", tool_calls=[call])
+    tool = ToolMessage("Found 3 results.", tool_call_id="call_1")
+    blocks = AIMessage([{"type": "text", "text": "a list of blocks"}])
+    system = SystemMessage("Be brief.")
+    batch: list[BaseMessage] = [human, ai, tool, blocks, system]
+    assert budget_module._count_messages(batch) == _fresh(batch)
+
+    human.content = "A much longer question about what is known about the topic?"
+    ai.tool_calls = [*ai.tool_calls, {**call, "id": "call_2"}]  # a new list
+    tool.tool_call_id = "call_1_with_a_longer_id"
+    human.name = "a_named_user"
+    assert budget_module._count_messages(batch) == _fresh(batch)
+
+    ai.tool_calls.append({**call, "id": "call_3"})  # the same list, one more call
+    cast_blocks: list[Any] = blocks.content  # type: ignore[assignment]
+    cast_blocks.append({"type": "text", "text": "a second block, appended in place"})
+    system.additional_kwargs["__openai_role__"] = "developer"
+    assert budget_module._count_messages(batch) == _fresh(batch)
+
+
+def test_each_call_counts_only_the_messages_it_has_not_seen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counted: list[int] = []
+
+    def counting(batch: Any, **kwargs: Any) -> int:
+        counted.append(len(list(batch)))
+        return count_tokens_approximately(batch, **kwargs)
+
+    monkeypatch.setattr(budget_module, "count_tokens_approximately", counting)
+    conversation: list[BaseMessage] = [HumanMessage("Summarize the topics.")]
+    model = ScriptedChatModel(["a", "b", "c"], max_tokens=10)
+    meter = BudgetMeter(Budget(tokens=10_000), agent="a")
+    for turn in range(3):
+        with metering(meter):
+            conversation.append(model.invoke(conversation))
+        conversation.append(HumanMessage(f"And topic {turn}?"))
+
+    # One message at a time, each once: the first question, then each answer and question.
+    assert counted == [1, 1, 1, 1, 1]
+    projected = [c["projected"]["input_tokens"] for c in meter.calls]
+    assert projected == [count_tokens_approximately(m) for m in model.calls]
+
+
+def test_the_tools_part_is_cached_for_the_same_list_of_the_same_tools() -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    first = budget_module._count_tools(tools)
+    assert first == count_tokens_approximately([], tools=tools)
+
+    tools.append({"type": "function", "function": {"name": "search_the_web", "parameters": {}}})
+    assert budget_module._count_tools(tools) == count_tokens_approximately([], tools=tools) > first
+
+
+def test_the_count_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget_module, "_COUNT_CACHE_SIZE", 8)
+    batch: list[BaseMessage] = [HumanMessage(f"message {i}") for i in range(20)]
+
+    assert budget_module._count_messages(batch) == _fresh(batch)
+    assert len(budget_module._COUNTS) <= 8
+    assert budget_module._count_messages(batch) == _fresh(batch)
 
 
 # -- metering(): every call made in a context ---------------------------------------------
