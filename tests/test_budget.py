@@ -35,7 +35,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 
-from sanegraph.guards import budget as budget_module
+from sanegraph.guards import _intake as intake_module
+from sanegraph.guards import _tokens as tokens_module
 from sanegraph.guards.budget import (
     BudgetExceeded,
     BudgetMeter,
@@ -608,7 +609,7 @@ def test_the_meters_gate_only_skips_checks_that_neither_trip_nor_warn(
 ) -> None:
     # The meter skips check_spend when the gate says every limit stays below its warning
     # threshold: check_spend must then say (None, []), whatever was warned before.
-    gate = budget_module._make_gate(budget, "a", grants)
+    gate = intake_module._make_gate(budget, "a", grants)
     expected = check_spend(
         spent,
         projected,
@@ -618,7 +619,7 @@ def test_the_meters_gate_only_skips_checks_that_neither_trip_nor_warn(
         grants=grants,
         warned=warned,
     )
-    if budget_module._below(gate, spent, before, own, projected):
+    if intake_module.below(gate, spent, before, own, projected):
         assert expected == (None, [])
     elif not grants and not warned and budget.per_call_tokens is None:
         # Reaching a threshold means check_spend warns or trips.
@@ -1086,11 +1087,11 @@ def test_a_batch_counts_as_the_sum_of_its_messages_plus_the_tools_once(
     tools_part = count_tokens_approximately([], tools=tools) if tools else 0
 
     assert whole == parts + tools_part
-    assert budget_module._count_messages(batch) == parts  # counted, then cached
-    assert budget_module._count_messages(batch) == parts  # from the cache
+    assert tokens_module.count_messages(batch) == parts  # counted, then cached
+    assert tokens_module.count_messages(batch) == parts  # from the cache
     if tools:
-        assert budget_module._count_tools(tools) == tools_part
-        assert budget_module._count_tools(tools) == tools_part
+        assert tokens_module.count_tools(tools) == tools_part
+        assert tokens_module.count_tools(tools) == tools_part
 
 
 def _fresh(batch: list[BaseMessage]) -> int:
@@ -1105,19 +1106,19 @@ def test_a_cached_count_is_recounted_when_a_message_changes() -> None:
     blocks = AIMessage([{"type": "text", "text": "a list of blocks"}])
     system = SystemMessage("Be brief.")
     batch: list[BaseMessage] = [human, ai, tool, blocks, system]
-    assert budget_module._count_messages(batch) == _fresh(batch)
+    assert tokens_module.count_messages(batch) == _fresh(batch)
 
     human.content = "A much longer question about what is known about the topic?"
     ai.tool_calls = [*ai.tool_calls, {**call, "id": "call_2"}]  # a new list
     tool.tool_call_id = "call_1_with_a_longer_id"
     human.name = "a_named_user"
-    assert budget_module._count_messages(batch) == _fresh(batch)
+    assert tokens_module.count_messages(batch) == _fresh(batch)
 
     ai.tool_calls.append({**call, "id": "call_3"})  # the same list, one more call
     cast_blocks: list[Any] = blocks.content  # type: ignore[assignment]
     cast_blocks.append({"type": "text", "text": "a second block, appended in place"})
     system.additional_kwargs["__openai_role__"] = "developer"
-    assert budget_module._count_messages(batch) == _fresh(batch)
+    assert tokens_module.count_messages(batch) == _fresh(batch)
 
 
 def test_each_call_counts_only_the_messages_it_has_not_seen(
@@ -1129,7 +1130,7 @@ def test_each_call_counts_only_the_messages_it_has_not_seen(
         counted.append(len(list(batch)))
         return count_tokens_approximately(batch, **kwargs)
 
-    monkeypatch.setattr(budget_module, "count_tokens_approximately", counting)
+    monkeypatch.setattr(tokens_module, "count_tokens_approximately", counting)
     conversation: list[BaseMessage] = [HumanMessage("Summarize the topics.")]
     model = ScriptedChatModel(["a", "b", "c"], max_tokens=10)
     meter = BudgetMeter(Budget(tokens=10_000), agent="a")
@@ -1146,20 +1147,20 @@ def test_each_call_counts_only_the_messages_it_has_not_seen(
 
 def test_the_tools_part_is_cached_for_the_same_list_of_the_same_tools() -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
-    first = budget_module._count_tools(tools)
+    first = tokens_module.count_tools(tools)
     assert first == count_tokens_approximately([], tools=tools)
 
     tools.append({"type": "function", "function": {"name": "search_the_web", "parameters": {}}})
-    assert budget_module._count_tools(tools) == count_tokens_approximately([], tools=tools) > first
+    assert tokens_module.count_tools(tools) == count_tokens_approximately([], tools=tools) > first
 
 
 def test_the_count_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(budget_module, "_COUNT_CACHE_SIZE", 8)
+    monkeypatch.setattr(tokens_module, "_COUNT_CACHE_SIZE", 8)
     batch: list[BaseMessage] = [HumanMessage(f"message {i}") for i in range(20)]
 
-    assert budget_module._count_messages(batch) == _fresh(batch)
-    assert len(budget_module._COUNTS) <= 8
-    assert budget_module._count_messages(batch) == _fresh(batch)
+    assert tokens_module.count_messages(batch) == _fresh(batch)
+    assert len(tokens_module._COUNTS) <= 8
+    assert tokens_module.count_messages(batch) == _fresh(batch)
 
 
 # -- metering(): every call made in a context ---------------------------------------------
