@@ -263,11 +263,45 @@ def _trip(
     return trip
 
 
+def _fresh(window: Sequence[Row], fp: str) -> bool:
+    """Whether no entry of the window has the fingerprint ``fp`` (``""``: never fresh).
+
+    Entries of any layout have the fingerprint at index ``FP`` (``[agent, fp]`` with loop
+    detection off), so the window is scanned as it is.
+    """
+    if not fp or type(fp) is not str:
+        return False
+    try:
+        # A plain loop: cheaper than ``fp not in map(itemgetter(FP), window)``.
+        for e in window:
+            if e[FP] == fp:
+                return False
+    except (LookupError, TypeError):  # a malformed entry: take the full path
+        return False
+    return True
+
+
 def check(
     window: Sequence[Row], entry: Row, policy: LoopPolicy, agent: str, hops: int
 ) -> Trip | None:
     """The body of ``loops.check_loops``: every enabled detector, in order."""
-    rows = [e for e in window if len(e) >= SIZE]
+    # A step whose fingerprint no step in the window has repeats nothing and closes no
+    # cycle: both need an earlier step with its agent and fingerprint.
+    fresh = _fresh(window, entry[FP])
+    limit = policy.max_stalls
+    if (
+        fresh
+        and not (entry[TOOLS] or entry[OUT] or entry[SIM])
+        and (limit is None or entry[STALL] < limit)
+        and (policy.max_repeats is None or policy.max_repeats > 1)
+    ):
+        # The common step: a new action, no tool calls, no result long enough to be a
+        # copy, no text to be a near-duplicate, few stalls. No detector can fire.
+        return None
+    if window and min(map(len, window)) >= SIZE:
+        rows: list[Row] = window if type(window) is list else list(window)
+    else:
+        rows = [e for e in window if len(e) >= SIZE]
     text = entry[TEXT]
     limit = policy.max_tool_repeats
     if limit is not None and entry[TOOLS]:
@@ -310,7 +344,7 @@ def check(
             )
     limit = policy.max_repeats
     if limit is not None:
-        same = repeats(rows, entry, limit)
+        same = ([entry] if limit <= 1 else []) if fresh else repeats(rows, entry, limit)
         if same:
             return _trip(
                 "loop_repeat",
@@ -328,7 +362,7 @@ def check(
                 steps=show(same),
             )
     limit = policy.max_copies
-    if limit is not None:
+    if limit is not None and entry[OUT]:
         same = copies(rows, entry, limit)
         if same:
             agents = ", ".join(repr(a) for a in dict.fromkeys(e[AGENT] for e in same))
@@ -349,7 +383,7 @@ def check(
             )
     limit = policy.max_cycles
     if limit is not None:
-        period = cycle_period(rows, entry, limit)
+        period = 0 if fresh else cycle_period(rows, entry, limit)
         if period:
             cycle = [*rows[len(rows) - period * limit + 1 :], entry]
             path = " -> ".join(e[AGENT] for e in cycle[-period:])
@@ -367,7 +401,7 @@ def check(
                 steps=show(cycle),
             )
     limit = policy.max_near_duplicates
-    if limit is not None:
+    if limit is not None and entry[SIM]:
         group = near_duplicates(
             rows,
             entry,

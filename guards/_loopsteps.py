@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 from ._similarity import normalize, short_hash, text_of
@@ -33,7 +32,6 @@ ENTRY_FIELDS = ("agent", "fp", "hop", "out", "sim", "tools", "progress", "stalls
 AGENT, FP, HOP, OUT, SIM, TOOLS, PROG, STALL, TEXT = range(len(ENTRY_FIELDS))
 SIZE = len(ENTRY_FIELDS)
 
-_PROGRESS = itemgetter(PROG)
 _MAX_TOOLS = 8
 """Tool calls kept per entry (the last ones)."""
 _MAX_TEXT = 60
@@ -120,6 +118,9 @@ def tool_tokens(new: list[Any], state: Mapping[str, Any]) -> list[str]:
         if start < len(old):
             seen.extend(old[max(start - 1, 0) :])  # with the AI message that asked
     seen.extend(new)
+    if not seen:
+        # The common step: no tool messages before it and no messages of its own.
+        return []
     calls: dict[str, list[str]] = {}
     envelopes: set[str] = set()
     for message in seen:
@@ -187,7 +188,11 @@ def changed(new: Any, old: Any) -> bool:
 def seen_progress(window: Sequence[Sequence[Any]], progress: str) -> bool:
     """Whether an entry of the window already made this progress."""
     try:
-        return progress in map(_PROGRESS, window)
+        # A plain loop: cheaper than any() or ``progress in map(itemgetter(PROG), window)``.
+        for e in window:  # noqa: SIM110
+            if e[PROG] == progress:
+                return True
+        return False
     except IndexError:  # an entry of an older layout
         return any(len(e) >= SIZE and e[PROG] == progress for e in window)
 
@@ -241,11 +246,16 @@ def progress(
         ]
         return short_hash("\x1e".join(written)) if written else ""
     ledger = state.get("guard")
-    envelopes = ledger.get("envelopes") if isinstance(ledger, Mapping) else None
-    before = envelopes.get(key) if isinstance(envelopes, Mapping) else None
+    # type() first: the ABC check of isinstance(x, Mapping) is slow, and these are dicts.
+    envelopes = (
+        ledger.get("envelopes") if type(ledger) is dict or isinstance(ledger, Mapping) else None
+    )
+    before = (
+        envelopes.get(key) if type(envelopes) is dict or isinstance(envelopes, Mapping) else None
+    )
     status = envelope.get("status")
     if (
-        isinstance(before, Mapping)
+        (type(before) is dict or isinstance(before, Mapping))
         and before.get("status") == status
         and before.get("result") == envelope.get("result")
     ):

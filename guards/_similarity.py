@@ -61,7 +61,11 @@ def normalize(text: str) -> str:
 
 def short_hash(text: str, size: int = 6) -> str:
     """A ``2 * size``-character hex digest of ``text`` (BLAKE2b, 48 bits by default)."""
-    return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        data = text.encode("utf-8", "surrogatepass")
+    return blake2b(data, digest_size=size).hexdigest()
 
 
 def _content_text(content: Any) -> str:
@@ -86,6 +90,11 @@ def text_of(value: Any) -> str:
     Strings are returned as they are, ``None`` as ``""``, containers as compact JSON with
     sorted keys; messages by their content.
     """
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int or kind is float:  # not bool, a subclass of int
+        return repr(value)
     if value is None:
         return ""
     if isinstance(value, str):

@@ -383,6 +383,6 @@ def plain_envelope_dict(output: Any) -> dict[str, Any] | None:
     if type(reason) is not str:
         return None
     result = output.get("result")
-    if not _plain(result):
+    if type(result) not in _SCALARS and not _plain(result):
         return None
     return {"status": status, "result": result, "confidence": confidence, "reason": reason}

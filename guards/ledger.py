@@ -505,12 +505,19 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
     if envelope is not None:
         key, value = envelope
         envelopes = out["envelopes"]
-        if key in envelopes or len(envelopes) >= MAX_ENVELOPES:
-            out["envelopes"] = _put_envelopes(envelopes, {key: value})
+        size = len(envelopes)
+        if key in envelopes:
+            # The newest key written again (an agent running alone in a loop) keeps the
+            # order of last writes as it is: no need to move it to the end.
+            in_place = size <= MAX_ENVELOPES and key == next(reversed(envelopes))
         else:
+            in_place = size < MAX_ENVELOPES
+        if in_place:
             envelopes = envelopes.copy()
             envelopes[key] = value
             out["envelopes"] = envelopes
+        else:
+            out["envelopes"] = _put_envelopes(envelopes, {key: value})
     record = delta.get("record")
     if record is not None:
         out["recent"] = _insert(out["recent"], record, g_recent, MAX_RECENT, _record_key)

@@ -339,8 +339,13 @@ def step_entry(
     status = str(envelope.get("status") or "")
     raw = text_of(envelope.get("result"))
     result = normalize(raw)
-    reason = normalize(str(envelope.get("reason") or ""))
-    tokens = _st.tool_tokens(_st.new_messages(update, state), state)
+    reason = envelope.get("reason")
+    reason = normalize(str(reason)) if reason else ""
+    old = state.get("messages")
+    if (update and update.get("messages") is not None) or (isinstance(old, list) and old):
+        tokens = _st.tool_tokens(_st.new_messages(update, state), state)
+    else:
+        tokens = []  # no messages before or in the step: no tool calls
     key = str(state.get(_BRANCH_KEY) or agent)
     pieces = []
     texts = []
@@ -348,7 +353,7 @@ def step_entry(
         pieces.append(f"{status}\x1f{result}\x1f{reason}")
         texts.append(f"{result} {reason}")
     if "tool_calls" in parts:
-        pieces.append(_st.tool_part(tokens))
+        pieces.append(_st.tool_part(tokens) if tokens else "")
     if "request" in parts:
         request = normalize(_st.request_text(state, key))
         pieces.append(request)

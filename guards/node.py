@@ -147,9 +147,10 @@ class _Guard:
         if parent and not nested and ledger["step_sane"] and ledger["hops"]:
             delta["last_sane"] = parent
         policy = self.policy
-        trip = check_hops(ledger, policy.hops, agent) or check_deadline(
-            ledger, policy.budget, agent, now
-        )
+        budget = policy.budget
+        trip = check_hops(ledger, policy.hops, agent)
+        if trip is None and budget is not None:
+            trip = check_deadline(ledger, budget, agent, now)
         if trip is not None:
             _locate(trip, config, info)
             delta["trip"] = trip
@@ -443,7 +444,11 @@ def guarded(
         if not go:
             result = guard.refused(state, delta)
         else:
-            meter = guard.meter(ledger, agent_name, delta, runtime)
+            meter = (
+                None
+                if guard.policy.budget is None
+                else guard.meter(ledger, agent_name, delta, runtime)
+            )
             start = perf()
             if meter is None:
                 output = guard.call(state, config, runtime)
@@ -459,7 +464,7 @@ def guarded(
                     return result
                 finally:
                     meter.close()
-            if inspect.isawaitable(output):
+            if type(output) is not dict and inspect.isawaitable(output):
                 if hasattr(output, "close"):
                     output.close()
                 raise ConfigurationError(
@@ -478,7 +483,11 @@ def guarded(
         if not go:
             result = guard.refused(state, delta)
         else:
-            meter = guard.meter(ledger, agent_name, delta, runtime)
+            meter = (
+                None
+                if guard.policy.budget is None
+                else guard.meter(ledger, agent_name, delta, runtime)
+            )
             start = perf()
             if meter is None:
                 output = await guard.call(state, config, runtime)
