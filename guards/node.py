@@ -110,6 +110,31 @@ def _split(output: Any) -> tuple[Any, dict[str, Any], Command[Any] | None]:
     return output, {}, None
 
 
+class _Metered:
+    """Runs an agent under its step's budget meter: a call the meter blocked ends the
+    step (``stopped``) instead of raising out of the node; the meter is always closed."""
+
+    __slots__ = ("_metering", "meter", "stopped")
+
+    def __init__(self, meter: BudgetMeter) -> None:
+        self.meter = meter
+        self.stopped = False
+        self._metering = metering(meter)
+
+    def __enter__(self) -> _Metered:
+        self._metering.__enter__()
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> bool:
+        try:
+            self._metering.__exit__(kind, error, tb)
+        finally:
+            self.meter.close()
+        # A BudgetExceeded this meter did not raise (a subgraph's owner raising it) goes on.
+        self.stopped = isinstance(error, BudgetExceeded) and self.meter.trip is not None
+        return self.stopped
+
+
 class _Guard:
     """The shared before/after logic of a guarded node (sync and async shells below)."""
 
@@ -229,6 +254,12 @@ class _Guard:
         delta["trip"] = trip
         delta["sane"] = False
         return self.refused(state, delta)
+
+    def finish(self, ledger: Ledger, delta: StepDelta, runtime: Any, result: Any) -> Any:
+        """Journal the step when the policy has a journal; return the node's result."""
+        if self.policy.journal is not None:
+            self.journal_step(ledger, delta, runtime)
+        return result
 
     def journal_step(self, ledger: Ledger, delta: StepDelta, runtime: Any) -> None:
         """Journal the step (its latest attempt), when the policy has a journal."""
@@ -442,73 +473,47 @@ def guarded(
     def run(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
         ledger, agent_name, delta, go = guard.before(state, config, runtime)
         if not go:
-            result = guard.refused(state, delta)
+            return guard.finish(ledger, delta, runtime, guard.refused(state, delta))
+        meter = guard.meter(ledger, agent_name, delta, runtime)
+        start = perf()
+        if meter is None:
+            output = guard.call(state, config, runtime)
         else:
-            meter = (
-                None
-                if guard.policy.budget is None
-                else guard.meter(ledger, agent_name, delta, runtime)
-            )
-            start = perf()
-            if meter is None:
+            with _Metered(meter) as metered:
                 output = guard.call(state, config, runtime)
-            else:
-                try:
-                    with metering(meter):
-                        output = guard.call(state, config, runtime)
-                except BudgetExceeded:
-                    if meter.trip is None:
-                        raise  # not this step's meter: e.g. a subgraph owner raised it
-                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
-                    guard.journal_step(ledger, delta, runtime)
-                    return result
-                finally:
-                    meter.close()
-            if type(output) is not dict and inspect.isawaitable(output):
-                if hasattr(output, "close"):
-                    output.close()
-                raise ConfigurationError(
-                    f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
-                    "with `async def` so guarded() builds an async node."
-                )
-            result = guard.after(
-                state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter
+            if metered.stopped:
+                result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                return guard.finish(ledger, delta, runtime, result)
+        if type(output) is not dict and inspect.isawaitable(output):
+            if hasattr(output, "close"):
+                output.close()
+            raise ConfigurationError(
+                f"Agent {agent_name!r} returned an awaitable from a sync call. Define it "
+                "with `async def` so guarded() builds an async node."
             )
-        if guard.policy.journal is not None:
-            guard.journal_step(ledger, delta, runtime)
-        return result
+        result = guard.after(
+            state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter
+        )
+        return guard.finish(ledger, delta, runtime, result)
 
     async def arun(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
         ledger, agent_name, delta, go = guard.before(state, config, runtime)
         if not go:
-            result = guard.refused(state, delta)
+            return guard.finish(ledger, delta, runtime, guard.refused(state, delta))
+        meter = guard.meter(ledger, agent_name, delta, runtime)
+        start = perf()
+        if meter is None:
+            output = await guard.call(state, config, runtime)
         else:
-            meter = (
-                None
-                if guard.policy.budget is None
-                else guard.meter(ledger, agent_name, delta, runtime)
-            )
-            start = perf()
-            if meter is None:
+            with _Metered(meter) as metered:
                 output = await guard.call(state, config, runtime)
-            else:
-                try:
-                    with metering(meter):
-                        output = await guard.call(state, config, runtime)
-                except BudgetExceeded:
-                    if meter.trip is None:
-                        raise
-                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
-                    guard.journal_step(ledger, delta, runtime)
-                    return result
-                finally:
-                    meter.close()
-            result = guard.after(
-                state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter
-            )
-        if guard.policy.journal is not None:
-            guard.journal_step(ledger, delta, runtime)
-        return result
+            if metered.stopped:
+                result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                return guard.finish(ledger, delta, runtime, result)
+        result = guard.after(
+            state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter
+        )
+        return guard.finish(ledger, delta, runtime, result)
 
     node: Any
     if _is_runnable(agent):
