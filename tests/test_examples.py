@@ -44,7 +44,16 @@ def _parallel_failed_branch(out: str) -> None:
     assert '"reason": "2 of 6 branches failed"' in out
 
 
+def _budget_stopped(out: str) -> None:
+    assert "1. paused after 4 calls: The next model call would exceed Budget.usd=1" in out
+    assert "2. topped up by $0.50, paused again after 6 calls" in out
+    assert "3. done: kept 'document 6'" in out
+    assert "spent $1.2900 (ledger) = $1.2900 (journal)" in out
+    assert "pool: $1.2900 of $20 spent today" in out
+
+
 EXPECTED: dict[str, Callable[[str], None]] = {
+    "budget": _budget_stopped,
     "quickstart": _quickstart_outcome,
     "sequential": _sequential_finished,
     "parallel": _parallel_failed_branch,
