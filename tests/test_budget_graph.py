@@ -571,3 +571,24 @@ def test_calls_inside_a_langchain_agent_are_metered_and_blocked(
     assert ledger["spent"]["input_tokens"] == sum(
         count_tokens_approximately(messages) for messages in model.calls
     )
+
+
+def test_a_journal_records_every_guarded_step(tmp_path: Any, config: dict[str, Any]) -> None:
+    from sanegraph.checkpoints import Journal, sqlite_saver
+
+    model = _model()
+    with sqlite_saver(tmp_path / "runs.sqlite") as saver, Journal(saver) as journal:
+        policy = GuardPolicy(hops=3, journal=journal)  # no budget: steps only
+        graph = _loop_graph(_researcher(model), policy, saver)
+        graph.invoke({"topic": "tides"}, config)
+        steps = journal.steps(config["configurable"]["thread_id"])
+        assert journal.calls(config["configurable"]["thread_id"]) == []
+
+    # Three steps ran; the fourth was refused by the hop cap and journaled as not run.
+    assert [(s["agent"], s["hop"], s["status"], s["tripped"]) for s in steps] == [
+        ("researcher", 1, "partial", None),
+        ("researcher", 2, "partial", None),
+        ("researcher", 3, "partial", None),
+        ("researcher", 3, "not_run", "hop_cap"),
+    ]
+    assert all(s["latency_us"] > 0 for s in steps[:3])
