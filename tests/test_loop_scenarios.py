@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -45,6 +47,9 @@ from sanegraph.guards.testing import (
     envelope_message,
     scripted_agent,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _texts import ASKS, DRAFTS
 
 
 class State(GuardedState, total=False):
@@ -82,13 +87,6 @@ def envelope(status: str, result: Any = None, reason: str = "") -> str:
 # -- 1. the 47-loop: "I need more context" ------------------------------------------------
 
 NEED_MORE = "I need more context"
-ASKS = [
-    "I need more context about the Q3 revenue numbers.",
-    "I need some more context about the Q3 revenue numbers.",
-    "I still need more context about the Q3 revenue numbers.",
-    "Please, I need more context about the Q3 revenue numbers.",
-]
-"""The analyst's request in slightly different words each time."""
 DOCS = [
     f"Document {i}: Q3 revenue in region {i} grew {i + 2}% on new enterprise accounts."
     for i in range(1, 60)
@@ -780,21 +778,6 @@ def test_polling_a_job_stuck_on_the_same_status_still_trips(
     assert read_ledger(state)["status"] == "done"
 
 
-DRAFTS = [
-    "Our app helps teams. It is fast and has many features that people like a lot.",
-    "Our app helps small engineering teams review code faster. Reviews that took a day now "
-    "take an hour, and people like it.",
-    "Acme Review helps small engineering teams review code faster: reviews that took a day "
-    "now take about an hour. Setup takes ten minutes.",
-    "Acme Review cuts code review time for small engineering teams from a day to about an "
-    "hour. Setup takes ten minutes and it works with GitHub and GitLab.",
-    "Acme Review cuts code review from a day to an hour for teams of five to fifty "
-    "engineers. It connects to GitHub or GitLab in ten minutes, and pricing starts at $10 "
-    "per seat.",
-    "Teams of five to fifty engineers use Acme Review to cut code review from a day to an "
-    "hour. Connect GitHub or GitLab in ten minutes; plans start at $10 per seat, with a "
-    "30-day free trial.",
-]
 CRITIQUES = [
     "Too vague: say who it is for and what it saves.",
     "Name the product and give the setup time.",

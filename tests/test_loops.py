@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,9 @@ from sanegraph.guards.loops import (
     check_loops,
     step_entry,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _texts import ASKS, DRAFTS
 
 OFF: dict[str, Any] = {
     "max_repeats": None,
@@ -625,30 +630,6 @@ def test_cycle_in_a_very_repetitive_window() -> None:
 
 def signed(text: str) -> str:
     return MinHash().signature(normalize(text))
-
-
-ASKS = [
-    "I need more context about the Q3 revenue numbers.",
-    "I need some more context about the Q3 revenue numbers.",
-    "I still need more context about the Q3 revenue numbers.",
-    "Please, I need more context about the Q3 revenue numbers.",
-]
-
-DRAFTS = [
-    "Our app helps teams. It is fast and has many features that people like a lot.",
-    "Our app helps small engineering teams review code faster. Reviews that took a day now "
-    "take an hour, and people like it.",
-    "Acme Review helps small engineering teams review code faster: reviews that took a day "
-    "now take about an hour. Setup takes ten minutes.",
-    "Acme Review cuts code review time for small engineering teams from a day to about an "
-    "hour. Setup takes ten minutes and it works with GitHub and GitLab.",
-    "Acme Review cuts code review from a day to an hour for teams of five to fifty "
-    "engineers. It connects to GitHub or GitLab in ten minutes, and pricing starts at $10 "
-    "per seat.",
-    "Teams of five to fifty engineers use Acme Review to cut code review from a day to an "
-    "hour. Connect GitHub or GitLab in ten minutes; plans start at $10 per seat, with a "
-    "30-day free trial.",
-]
 
 
 def test_near_duplicates_of_one_agent() -> None:
