@@ -296,28 +296,42 @@ def _make_gate(budget: Budget, agent: str, granted: Mapping[str, float]) -> Gate
     return call_cap, thread, own
 
 
-def below(gate: Gate, spent: Spend, agent_before: Spend, own: Spend, projected: Spend) -> bool:
-    """Whether every limit of ``gate`` stays below its warning threshold after the call
-    (``spent`` counts for the thread, ``agent_before + own`` for the agent)."""
+def below(
+    gate: Gate,
+    call_tokens: int,
+    usd_micros: int,
+    input_tokens: int,
+    output_tokens: int,
+    agent_before: Spend,
+    agent_usd_micros: int,
+    agent_input_tokens: int,
+    agent_output_tokens: int,
+) -> bool:
+    """Whether every limit of ``gate`` stays below its warning threshold after a call of
+    ``call_tokens`` (projected): the thread's spend with the call is ``usd_micros``,
+    ``input_tokens``, ``output_tokens``; the agent's is ``agent_before`` plus the
+    ``agent_*`` amounts (this step's calls and the projected one). Ints, no ``Spend``
+    made: the meter asks on every model call."""
     call_cap, thread, mine = gate
-    usd = projected.usd_micros
-    inp = projected.input_tokens
-    out = projected.output_tokens
-    if call_cap is not None and inp + out > call_cap:
+    if call_cap is not None and call_tokens > call_cap:
         return False
-    i = spent.input_tokens + inp
-    o = spent.output_tokens + out
     if not (
-        spent.usd_micros + usd < thread[0] and i + o < thread[1] and i < thread[2] and o < thread[3]
+        usd_micros < thread[0]
+        and input_tokens + output_tokens < thread[1]
+        and input_tokens < thread[2]
+        and output_tokens < thread[3]
     ):
         return False
     if mine is None:
         return True
-    agent_spent = agent_before + own
-    i = agent_spent.input_tokens + inp
-    o = agent_spent.output_tokens + out
+    usd_micros = agent_before.usd_micros + agent_usd_micros
+    input_tokens = agent_before.input_tokens + agent_input_tokens
+    output_tokens = agent_before.output_tokens + agent_output_tokens
     return (
-        agent_spent.usd_micros + usd < mine[0] and i + o < mine[1] and i < mine[2] and o < mine[3]
+        usd_micros < mine[0]
+        and input_tokens + output_tokens < mine[1]
+        and input_tokens < mine[2]
+        and output_tokens < mine[3]
     )
 
 

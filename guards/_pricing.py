@@ -13,7 +13,9 @@ function is derived from ``calc_price`` itself and checked against it before use
 that does not fit falls back to ``calc_price`` on every call), and evaluated in integers
 over one common denominator (the terms are exact decimal fractions). Time-dependent prices
 (DeepSeek's off-peak hours, announced price changes) pick the active price set on every
-call, as ``calc_price`` does; a model with a single price set skips the clock.
+call, as ``calc_price`` does; a model with a single price set skips the clock. A meter
+prices through :func:`pricer`, looked up once per step and model: for a model with one
+price set and no tiers it is that affine function alone.
 
 This module imports nothing from the rest of the package but ``errors``, so that
 ``policy`` can use :class:`Price` while ``budget`` imports ``policy``.
@@ -22,15 +24,16 @@ This module imports nothing from the rest of the package but ``errors``, so that
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
+from functools import partial
 from typing import Any, Literal, TypedDict, cast
 
 from .errors import ConfigurationError
 
-__all__ = ("AgentLimits", "ExhaustedAction", "NoUsage", "Price", "price_call")
+__all__ = ("AgentLimits", "ExhaustedAction", "NoUsage", "Price", "Pricer", "price_call", "pricer")
 
 ExhaustedAction = Literal["interrupt", "end", "raise"]
 """What happens when a budget limit would be exceeded (the call is never made).
@@ -335,6 +338,57 @@ def _genai_micros(provider: str | None, model: str, i: int, o: int) -> int:
     return -(-(a * i + b * o + c) // d)  # the ceiling of a fraction, in integers
 
 
+Pricer = Callable[[int, int], int]
+"""Prices one model's calls: ``(input_tokens, output_tokens) -> micro-dollars``."""
+
+_pricers: dict[tuple[str | None, str], tuple[Any, Pricer]] = {}
+"""(provider, model) -> (the genai-prices snapshot it was made from, its pricer)."""
+
+
+def pricer(provider: str | None, model: str, prices: Mapping[str, Price] | None = None) -> Pricer:
+    """The function that prices calls of one model: ``pricer(p, m, prices)(i, o) ==
+    price_call(p, m, i, o, prices=prices)``.
+
+    A meter looks it up once per step and model, then prices each call with one call of
+    it: for a genai-prices model with a single price set and no tiers (most models) it is
+    the model's affine price in integers; otherwise it runs :func:`price_call`'s lookup
+    on every call (time-dependent prices pick the active price set each time). Made once
+    per genai-prices snapshot (an ``UpdatePrices`` refresh makes new ones).
+
+    Raises:
+        ConfigurationError: Neither ``prices`` nor genai-prices knows the model.
+    """
+    if prices:
+        custom = prices.get(model)
+        if custom is not None:
+            return custom.micros
+    lib = _lib or _genai()
+    snapshot = lib.get_snapshot()
+    key = (provider, model)
+    cached = _pricers.get(key)
+    if cached is not None and cached[0] is snapshot:
+        return cached[1]
+    prov, info, fixed = _resolve(provider, model)
+    made: Pricer | None = None
+    if fixed is not None and not _tier_starts(fixed):
+        # Fitted on [0, inf) and checked at one more point, as _genai_micros does.
+        when = datetime.now(tz=timezone.utc)
+        rate = _as_rate(_fit(info, prov, when, 0, None, 12_345, 678))
+        if rate is not None:
+            made = _affine_pricer(*rate)
+    if made is None:
+        made = partial(_genai_micros, provider, model)
+    _pricers[key] = (snapshot, made)
+    return made
+
+
+def _affine_pricer(a: int, b: int, c: int, d: int) -> Pricer:
+    def micros(input_tokens: int, output_tokens: int) -> int:
+        return -(-(a * input_tokens + b * output_tokens + c) // d)  # rounded up, in integers
+
+    return micros
+
+
 def price_call(
     provider: str | None,
     model: str,
@@ -373,8 +427,4 @@ def price_call(
         price_call("openai", "gpt-4o-mini", 1000, 500)  # 450 ($0.00045)
         ```
     """
-    if prices:
-        custom = prices.get(model)
-        if custom is not None:
-            return custom.micros(input_tokens, output_tokens)
-    return _genai_micros(provider, model, input_tokens, output_tokens)
+    return pricer(provider, model, prices)(input_tokens, output_tokens)

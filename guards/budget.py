@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID, uuid4
 
@@ -42,7 +41,7 @@ from ._intake import (
     no_warnings,
     usd,
 )
-from ._pricing import AgentLimits, ExhaustedAction, NoUsage, Price, price_call
+from ._pricing import AgentLimits, ExhaustedAction, NoUsage, Price, Pricer, price_call, pricer
 from ._spend import Spend, SpendJournal, SpendPool, spend
 from ._tokens import count_messages, count_tools
 from .errors import BudgetExceeded, ConfigurationError
@@ -93,11 +92,13 @@ class SpendGroup:
 
     def others(self, meter: BudgetMeter) -> Spend:
         """What the other members spent and have in flight (call with ``lock`` held)."""
-        total = _ZERO
+        usd = inp = out = 0
         for other in self._members:
             if other is not meter:
-                total = total + other._spent + other._nested + other._in_flight()
-        return total
+                usd += other._usd + other._nested_usd + other._flight_usd
+                inp += other._in + other._nested_in + other._flight_in
+                out += other._out + other._nested_out + other._flight_out
+        return spend(usd, inp, out)
 
     def others_locked(self, meter: BudgetMeter) -> Spend:
         """:meth:`others`, taking the lock."""
@@ -120,19 +121,16 @@ _NO_USAGE_MODELS: set[tuple[str | None, str]] = set()
 """(provider, model) pairs seen answering without usage while ``no_usage="refuse"``."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    index: int
-    key: str
-    provider: str | None
-    model: str
-    input_tokens: int
-    max_tokens: int | None
-    projected: Spend
-    reservation: object | None
-    parent_run_id: str | None
-    where: tuple[Any, Any, Any]
-    """``(thread_id, checkpoint_ns, node)`` from the run metadata."""
+_Pending = tuple[
+    int, str, str | None, str, int, int | None, int, int, Pricer, UUID | None, Mapping[str, Any]
+]
+"""A call in flight: ``(index, key prefix, provider, model, input tokens, max_tokens,
+projected usd_micros, projected output tokens, pricer, parent run id, run metadata)``
+(a tuple: one is made per model call)."""
+
+_Call = tuple[_Pending, UUID, int, int, int, bool]
+"""A finished call: ``(its _Pending, run id, input tokens, output tokens, usd_micros,
+estimated)``; :attr:`BudgetMeter.calls` makes the records from these when read."""
 
 
 def _max_tokens(metadata: Mapping[str, Any], params: Mapping[str, Any]) -> int | None:
@@ -248,14 +246,23 @@ class BudgetMeter(BaseCallbackHandler):
         "_agent_before",
         "_before",
         "_calls",
+        "_flight_in",
+        "_flight_out",
+        "_flight_usd",
         "_gate_for",
         "_group",
+        "_in",
         "_lock",
-        "_nested",
+        "_nested_in",
+        "_nested_out",
+        "_nested_usd",
+        "_out",
         "_outer",
         "_pending",
-        "_spent",
+        "_priced",
+        "_reserved",
         "_started",
+        "_usd",
         "_warned",
         "_warnings",
         "agent",
@@ -312,11 +319,16 @@ class BudgetMeter(BaseCallbackHandler):
         else:
             self._lock = group.lock
             group.join(self)
-        self._spent = _ZERO
-        self._nested = _ZERO
+        # What this step's ended calls spent, what its calls in flight are projected to
+        # spend, and what meters nested in it spent: ints, updated on every call.
+        self._usd = self._in = self._out = 0
+        self._flight_usd = self._flight_in = self._flight_out = 0
+        self._nested_usd = self._nested_in = self._nested_out = 0
         self._outer: BudgetMeter | None = None
         self._pending: dict[UUID, _Pending] = {}
-        self._calls: list[dict[str, Any]] = []
+        self._reserved: dict[UUID, object] = {}
+        self._calls: list[_Call] = []
+        self._priced: tuple[str | None, str, Pricer] | None = None
         self._warnings: list[str] = []
         self._started = first_call
         self._gate_for: GateEntry | None = None
@@ -347,14 +359,14 @@ class BudgetMeter(BaseCallbackHandler):
     def spent(self) -> Spend:
         """What this step's finished calls spent."""
         with self._lock:
-            return self._spent
+            return spend(self._usd, self._in, self._out)
 
     @property
     def nested_spent(self) -> Spend:
         """What calls metered by meters nested in this one (guarded steps inside this
         step, see :func:`metering`) spent. Not in :attr:`spent`; counted in the checks."""
         with self._lock:
-            return self._nested
+            return spend(self._nested_usd, self._nested_in, self._nested_out)
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -364,7 +376,30 @@ class BudgetMeter(BaseCallbackHandler):
         ``max_tokens``, ``projected`` (a ``Spend`` dict), ``thread_id``,
         ``checkpoint_ns``, ``node``."""
         with self._lock:
-            return list(self._calls)
+            calls = list(self._calls)
+        return [self._record(call) for call in calls]
+
+    def _record(self, call: _Call) -> dict[str, Any]:
+        pending, run_id, input_tokens, output_tokens, usd_micros, estimated = call
+        index, prefix, provider, model, counted, max_tokens, p_usd, p_out, _, parent, meta = pending
+        return {
+            "key": f"{prefix}|{index}",
+            "index": index,
+            "run_id": str(run_id),
+            "parent_run_id": str(parent) if parent else None,
+            "agent": self.agent,
+            "provider": provider,
+            "model": model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "usd_micros": usd_micros,
+            "estimated": estimated,
+            "max_tokens": max_tokens,
+            "projected": {"usd_micros": p_usd, "input_tokens": counted, "output_tokens": p_out},
+            "thread_id": meta.get("thread_id"),
+            "checkpoint_ns": meta.get("langgraph_checkpoint_ns"),
+            "node": meta.get("langgraph_node"),
+        }
 
     @property
     def warnings(self) -> list[str]:
@@ -445,14 +480,15 @@ class BudgetMeter(BaseCallbackHandler):
                 "Budget.no_usage='refuse': the call was not made. Use a chat model "
                 "integration that reports usage, or set Budget(no_usage='estimate')."
             )
-        max_tokens = _max_tokens(metadata, params)
+        max_tokens = metadata.get("ls_max_tokens")
+        if type(max_tokens) is not int or max_tokens <= 0:
+            max_tokens = _max_tokens(metadata, params)
         output_tokens = max_tokens or 0
-        projected = spend(
-            price_call(provider, model, input_tokens, output_tokens, prices=self.prices),
-            input_tokens,
-            output_tokens,
-        )
-        agent = self.agent
+        priced = self._priced
+        if priced is None or priced[1] != model or priced[0] != provider:
+            priced = self._priced = (provider, model, pricer(provider, model, self.prices))
+        price = priced[2]
+        usd_micros = price(input_tokens, output_tokens)
         # What enclosing steps spent themselves so far is not in this step's ledger yet.
         outer = _ZERO
         parent = self._outer
@@ -470,26 +506,51 @@ class BudgetMeter(BaseCallbackHandler):
                 prefix = self.key = f"{thread}|{ns}" if thread or ns else f"meter-{uuid4().hex}"
             # Own calls (ended and in flight) count for the agent; nested steps' calls
             # (other agents) and enclosing steps' count for the thread only.
-            own = self._spent + self._in_flight() if self._pending else self._spent
-            total = own if self._before is _ZERO else self._before + own
-            if self._nested is not _ZERO:
-                total = total + self._nested
+            own_usd = self._usd + self._flight_usd
+            own_in = self._in + self._flight_in
+            own_out = self._out + self._flight_out
+            before = self._before
+            usd_total = before.usd_micros + own_usd + self._nested_usd + usd_micros
+            in_total = before.input_tokens + own_in + self._nested_in + input_tokens
+            out_total = before.output_tokens + own_out + self._nested_out + output_tokens
             if outer is not _ZERO:
-                total = total + outer
+                usd_total += outer.usd_micros
+                in_total += outer.input_tokens
+                out_total += outer.output_tokens
             if self._group is not None:
-                total = total + self._group.others(self)
-            # The gate: when every limit stays below its warning threshold (so none can
-            # trip either), check_spend would return (None, []): skip it.
+                others = self._group.others(self)
+                usd_total += others.usd_micros
+                in_total += others.input_tokens
+                out_total += others.output_tokens
+            # The gate: when every limit stays below its warning threshold after the call
+            # (so none can trip either), check_spend would return (None, []): skip it.
             gate = self._gate()
-            if gate is not None and below(gate, total, self._agent_before, own, projected):
+            if gate is not None and below(
+                gate,
+                input_tokens + output_tokens,
+                usd_total,
+                in_total,
+                out_total,
+                self._agent_before,
+                own_usd + usd_micros,
+                own_in + input_tokens,
+                own_out + output_tokens,
+            ):
                 warnings = no_warnings
             else:
+                projected = spend(usd_micros, input_tokens, output_tokens)
                 trip, warnings = check_spend(
-                    total,
+                    spend(
+                        usd_total - usd_micros,
+                        in_total - input_tokens,
+                        out_total - output_tokens,
+                    ),
                     projected,
                     budget,
-                    agent=agent,
-                    spent_by_agent={agent: self._agent_before + own},
+                    agent=self.agent,
+                    spent_by_agent={
+                        self.agent: self._agent_before + spend(own_usd, own_in, own_out)
+                    },
                     grants=self.grants,
                     warned=self._warned,
                     hops=self.hops,
@@ -499,61 +560,74 @@ class BudgetMeter(BaseCallbackHandler):
                     self._tripped(trip)
             index = self._started
             self._started = index + 1
-            call_key = f"{prefix}|{index}"
-            pending = _Pending(
-                index=index,
-                key=call_key,
-                provider=provider,
-                model=model,
-                input_tokens=input_tokens,
-                max_tokens=max_tokens,
-                projected=projected,
-                reservation=None,
-                parent_run_id=str(parent_run_id) if parent_run_id else None,
-                where=(
-                    metadata.get("thread_id"),
-                    metadata.get("langgraph_checkpoint_ns"),
-                    metadata.get("langgraph_node"),
-                ),
-            )
             # Counted as in flight before the pool is asked, so a parallel call of this
             # step sees it.
-            self._pending[run_id] = pending
+            self._pending[run_id] = (
+                index,
+                prefix,
+                provider,
+                model,
+                input_tokens,
+                max_tokens,
+                usd_micros,
+                output_tokens,
+                price,
+                parent_run_id,
+                metadata,
+            )
+            self._flight_usd += usd_micros
+            self._flight_in += input_tokens
+            self._flight_out += output_tokens
             for warned in warnings:
                 self._warned.add(warned)
                 self._warnings.append(warned)
         for warned in warnings:
             logger.warning(
                 "Budget warning: the model calls of %r reached %s of the %s limit.",
-                agent,
+                self.agent,
                 f"{budget.warn_at:.0%}",
                 warned,
             )
         if self.pool is not None:
-            try:
-                reservation = self.pool.reserve(projected, key=call_key)
-            except BaseException:
-                with self._lock:
-                    self._pending.pop(run_id, None)
-                raise
-            if reservation is None:
-                with self._lock:
-                    self._pending.pop(run_id, None)
-                    self._tripped(
-                        budget_trip(
-                            "The next model call would exceed the shared budget pool (next "
-                            f"call ~{usd(projected.usd_micros)}, {projected.tokens} tokens, "
-                            f"agent={agent!r}): the pool refused the reservation. Raise the "
-                            f"pool's limit, {REMEDY}",
-                            key="pool",
-                            limit=None,
-                            observed=projected.usd,
-                            agent=agent,
-                            hops=self.hops,
-                            scope="pool",
-                        )
+            self._reserve(run_id, spend(usd_micros, input_tokens, output_tokens), prefix, index)
+
+    def _reserve(self, run_id: UUID, projected: Spend, prefix: str, index: int) -> None:
+        """Reserve a call's projection in the pool, or forget the call and trip."""
+        pool = cast(SpendPool, self.pool)
+        try:
+            reservation = pool.reserve(projected, key=f"{prefix}|{index}")
+        except BaseException:
+            self._forget(run_id)
+            raise
+        if reservation is None:
+            self._forget(run_id)
+            with self._lock:
+                self._tripped(
+                    budget_trip(
+                        "The next model call would exceed the shared budget pool (next "
+                        f"call ~{usd(projected.usd_micros)}, {projected.tokens} tokens, "
+                        f"agent={self.agent!r}): the pool refused the reservation. Raise the "
+                        f"pool's limit, {REMEDY}",
+                        key="pool",
+                        limit=None,
+                        observed=projected.usd,
+                        agent=self.agent,
+                        hops=self.hops,
+                        scope="pool",
                     )
-            pending.reservation = reservation
+                )
+        with self._lock:
+            self._reserved[run_id] = reservation
+
+    def _forget(self, run_id: UUID) -> _Pending | None:
+        """Take a call off the calls in flight (a failed call, or one never made)."""
+        with self._lock:
+            pending = self._pending.pop(run_id, None)
+            if pending is not None:
+                self._flight_usd -= pending[6]
+                self._flight_in -= pending[4]
+                self._flight_out -= pending[7]
+        return pending
 
     def _gate(self) -> Gate | None:
         """The warning thresholds of the budget's limits for this meter's agent and grants
@@ -564,20 +638,19 @@ class BudgetMeter(BaseCallbackHandler):
             cached = self._gate_for = gate_for(budget, agent, grants)
         return cached[3]
 
-    def _in_flight(self) -> Spend:
-        """Projections of this step's calls not yet ended (called under the lock)."""
-        total = _ZERO
-        for pending in self._pending.values():
-            total = total + pending.projected
-        return total
-
     def _own_so_far(self) -> Spend:
         with self._lock:
-            return self._spent + self._in_flight()
+            return spend(
+                self._usd + self._flight_usd,
+                self._in + self._flight_in,
+                self._out + self._flight_out,
+            )
 
-    def _add_nested(self, actual: Spend) -> None:
+    def _add_nested(self, usd_micros: int, input_tokens: int, output_tokens: int) -> None:
         with self._lock:
-            self._nested = self._nested + actual
+            self._nested_usd += usd_micros
+            self._nested_in += input_tokens
+            self._nested_out += output_tokens
 
     def _tripped(self, trip: Trip) -> None:
         """Keep the step's first trip and raise it (called under the lock)."""
@@ -611,59 +684,38 @@ class BudgetMeter(BaseCallbackHandler):
         usage = _reported_usage(response)
         estimated = usage is None
         if usage is None:
-            usage = (pending.input_tokens, _estimated_output(response))
+            usage = (pending[4], _estimated_output(response))
         input_tokens, output_tokens = usage
-        actual = spend(
-            price_call(
-                pending.provider, pending.model, input_tokens, output_tokens, prices=self.prices
-            ),
-            input_tokens,
-            output_tokens,
-        )
-        thread_id, checkpoint_ns, node = pending.where
-        projected = pending.projected
-        record: dict[str, Any] = {
-            "key": pending.key,
-            "index": pending.index,
-            "run_id": str(run_id),
-            "parent_run_id": pending.parent_run_id,
-            "agent": self.agent,
-            "provider": pending.provider,
-            "model": pending.model,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "usd_micros": actual.usd_micros,
-            "estimated": estimated,
-            "max_tokens": pending.max_tokens,
-            "projected": {
-                "usd_micros": projected.usd_micros,
-                "input_tokens": projected.input_tokens,
-                "output_tokens": projected.output_tokens,
-            },
-            "thread_id": thread_id,
-            "checkpoint_ns": checkpoint_ns,
-            "node": node,
-        }
+        usd_micros = pending[8](input_tokens, output_tokens)
+        call = (pending, run_id, input_tokens, output_tokens, usd_micros, estimated)
         with self._lock:
-            self._pending.pop(run_id, None)
-            spent = self._spent
-            self._spent = actual if spent is _ZERO else spent + actual
-            self._calls.append(record)
+            if self._pending.pop(run_id, None) is not None:  # not if close() came first
+                self._flight_usd -= pending[6]
+                self._flight_in -= pending[4]
+                self._flight_out -= pending[7]
+            self._usd += usd_micros
+            self._in += input_tokens
+            self._out += output_tokens
+            self._calls.append(call)
+            reservation = self._reserved.pop(run_id, None) if self._reserved else None
         parent = self._outer
         while parent is not None:
-            parent._add_nested(actual)
+            parent._add_nested(usd_micros, input_tokens, output_tokens)
             parent = parent._outer
-        if self.pool is not None and pending.reservation is not None:
-            self.pool.commit(pending.reservation, actual)
+        if reservation is not None:
+            cast(SpendPool, self.pool).commit(
+                reservation, spend(usd_micros, input_tokens, output_tokens)
+            )
         if self.on_call is not None:
-            self.on_call(record)
+            self.on_call(self._record(call))
         if estimated and self.budget.no_usage == "refuse":
-            _NO_USAGE_MODELS.add((pending.provider, pending.model))
+            provider, model = pending[2], pending[3]
+            _NO_USAGE_MODELS.add((provider, model))
             raise ConfigurationError(
-                f"Model {pending.model!r} (provider {pending.provider!r}) answered without "
+                f"Model {model!r} (provider {provider!r}) answered without "
                 f"usage_metadata and Budget.no_usage='refuse'. This call's spend was "
                 f"estimated ({input_tokens} input + {output_tokens} output tokens, "
-                f"{usd(actual.usd_micros)}) and recorded; later calls to the model are "
+                f"{usd(usd_micros)}) and recorded; later calls to the model are "
                 "refused. Use a chat model integration that reports usage, or set "
                 "Budget(no_usage='estimate')."
             )
@@ -678,20 +730,22 @@ class BudgetMeter(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Forget the failed call and release its pool reservation."""
+        self._forget(run_id)
         with self._lock:
-            pending = self._pending.pop(run_id, None)
-        if pending is not None and self.pool is not None and pending.reservation is not None:
-            self.pool.release(pending.reservation)
+            reservation = self._reserved.pop(run_id, None)
+        if reservation is not None:
+            cast(SpendPool, self.pool).release(reservation)
 
     def close(self) -> None:
         """Release the reservations of calls that never ended (call when the step ends)."""
         with self._lock:
-            left = list(self._pending.values())
             self._pending.clear()
+            self._flight_usd = self._flight_in = self._flight_out = 0
+            left = list(self._reserved.values())
+            self._reserved.clear()
         if self.pool is not None:
-            for pending in left:
-                if pending.reservation is not None:
-                    self.pool.release(pending.reservation)
+            for reservation in left:
+                self.pool.release(reservation)
 
 
 _ACTIVE: ContextVar[BudgetMeter | None] = ContextVar("sanegraph_budget_meter", default=None)

@@ -619,7 +619,12 @@ def test_the_meters_gate_only_skips_checks_that_neither_trip_nor_warn(
         grants=grants,
         warned=warned,
     )
-    if intake_module.below(gate, spent, before, own, projected):
+    after = spent + projected  # the thread's spend and the agent's, with the call
+    mine = own + projected
+    args = (after.usd_micros, after.input_tokens, after.output_tokens, before)
+    if intake_module.below(
+        gate, projected.tokens, *args, mine.usd_micros, mine.input_tokens, mine.output_tokens
+    ):
         assert expected == (None, [])
     elif not grants and not warned and budget.per_call_tokens is None:
         # Reaching a threshold means check_spend warns or trips.
