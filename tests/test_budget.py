@@ -1232,3 +1232,37 @@ def test_an_inner_step_counts_what_the_enclosing_step_spent() -> None:
             model.invoke("hello")
 
     assert model.call_count == 2
+
+
+def test_updated_prices_reach_the_next_pricer() -> None:
+    # genai-prices' UpdatePrices installs a new snapshot: pricers made from the old one
+    # must not keep the old price.
+    import dataclasses
+    from decimal import Decimal
+
+    from genai_prices import data_snapshot
+    from genai_prices.types import ModelPrice
+
+    from sanegraph.guards._pricing import pricer
+
+    old = data_snapshot.get_snapshot()
+    assert pricer("openai", "gpt-4o-mini")(1000, 500) == 450
+    provider, _ = old.find_provider_model("gpt-4o-mini", None, "openai", None)
+    models = [
+        dataclasses.replace(m, prices=ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(2)))
+        if m.id == "gpt-4o-mini"
+        else m
+        for m in provider.models
+    ]
+    providers = [
+        dataclasses.replace(p, models=models) if p is provider else p for p in old.providers
+    ]
+    data_snapshot.set_custom_snapshot(
+        data_snapshot.DataSnapshot(providers=providers, from_auto_update=False)
+    )
+    try:
+        assert pricer("openai", "gpt-4o-mini")(1000, 500) == 2000
+        assert price_call("openai", "gpt-4o-mini", 1000, 500) == 2000
+    finally:
+        data_snapshot.set_custom_snapshot(None)
+    assert pricer("openai", "gpt-4o-mini")(1000, 500) == 450
