@@ -19,11 +19,19 @@ invoke is one model call. Variants of the same agent:
   ``metering`` attaches the meter: what LangChain's callback machinery costs any handler
   (the floor under ``ours``), for reference.
 
+With ``--loop`` the agent runs its own tool-calling loop instead: the model answers the
+question with ``--tool-calls`` tool calls, one per turn, then the summary, so one invoke
+is ``--tool-calls + 1`` model calls (10 by default) as a user's agent makes them, and
+``ours`` is one meter for the whole invoke (a guarded step running the agent); figures
+are per model call.
+
 No limit ever trips. By default no checkpointer is used: the setting most favourable to
 ``theirs``, whose two extra nodes per call each write a checkpoint when there is one
 (``--checkpointer memory`` compiles every agent with an ``InMemorySaver``; its figures
 are noisier). Invokes are interleaved (one of each variant, back to back, in a rotating
-order) to cancel drifts in machine speed, and each model call is timed with its invoke. A
+order) to cancel drifts in machine speed, and each invoke is timed in CPU time
+(``time.process_time``: the work, all threads, without the time this shared machine's
+scheduler gives to others). A
 round runs ``--calls`` calls per variant on fresh agents; the figures are the medians
 over ``--rounds`` of the rounds' mean times per call. The overhead of a variant is its
 time minus plain's; the ratio is ours' overhead / theirs' (the median of the rounds'
@@ -31,7 +39,7 @@ ratios is printed too).
 
 Target (issue 3): ours_overhead / theirs_overhead <= 0.2.
 
-Usage: python bench/budget.py [--calls 800] [--rounds 7] [--tool-calls 9]
+Usage: python bench/budget.py [--calls 800] [--rounds 7] [--tool-calls 9] [--loop]
        [--checkpointer none|memory] [--json]
 """
 
@@ -45,6 +53,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from langchain.agents import create_agent
@@ -111,21 +120,50 @@ def conversation(tool_calls: int) -> list[BaseMessage]:
     return messages
 
 
-def check_metering(messages: list[BaseMessage]) -> None:
-    """The meter runs for real: the call is projected with max_tokens and priced."""
+def check_metering(workload: Workload) -> None:
+    """The meter runs for real: each call is projected with max_tokens and priced."""
     meter = BudgetMeter(Budget(usd=NEVER, tokens=NEVER), agent="bench")
     with metering(meter):
-        build("plain", "none").invoke({"messages": messages})
-    (record,) = meter.calls
-    if record["max_tokens"] != 256 or record["projected"]["output_tokens"] != 256:
-        raise AssertionError(f"the call was not projected with max_tokens: {record}")
-    if record["usd_micros"] <= 0 or record["projected"]["usd_micros"] <= 0:
-        raise AssertionError(f"the call was not priced: {record}")
+        build("plain", "none", workload).invoke({"messages": workload.messages})
+    if len(meter.calls) != workload.calls:
+        raise AssertionError(f"metered {len(meter.calls)} calls, expected {workload.calls}")
+    for record in meter.calls:
+        if record["max_tokens"] != 256 or record["projected"]["output_tokens"] != 256:
+            raise AssertionError(f"the call was not projected with max_tokens: {record}")
+        if record["usd_micros"] <= 0 or record["projected"]["usd_micros"] <= 0:
+            raise AssertionError(f"the call was not priced: {record}")
 
 
-def build(kind: str, checkpointer: str) -> Any:
+@dataclass(frozen=True)
+class Workload:
+    """What each invoke sends and what the scripted model answers."""
+
+    messages: list[BaseMessage]
+    script: list[AIMessage]
+
+    @property
+    def calls(self) -> int:
+        """Model calls per invoke."""
+        return len(self.script)
+
+
+def workload(tool_calls: int, loop: bool) -> Workload:
+    answer = AIMessage("Here is the summary of what I found.")
+    if not loop:
+        return Workload(conversation(tool_calls), [answer])
+    turns = [
+        AIMessage(
+            "Let me look that up.",
+            tool_calls=[{"name": "lookup", "args": {"query": f"topic {i}"}, "id": f"call_{i}"}],
+        )
+        for i in range(tool_calls)
+    ]
+    return Workload(conversation(0), [*turns, answer])
+
+
+def build(kind: str, checkpointer: str, work: Workload) -> Any:
     model = ScriptedChatModel(
-        [AIMessage("Here is the summary of what I found.")],
+        work.script,
         model_name="gpt-4o-mini",
         provider="openai",
         max_tokens=256,
@@ -136,11 +174,12 @@ def build(kind: str, checkpointer: str) -> Any:
     return create_agent(model, tools=[lookup], middleware=middleware, checkpointer=saver)
 
 
-def caller(kind: str, agent: Any, messages: list[BaseMessage]) -> Callable[[], float]:
-    """One timed invoke (one model call) of a variant; returns its seconds."""
+def caller(kind: str, agent: Any, work: Workload) -> Callable[[], float]:
+    """One timed invoke of a variant; returns its seconds."""
     budget = Budget(usd=NEVER, tokens=NEVER)
-    state = {"messages": messages}
-    clock = time.perf_counter
+    state = {"messages": work.messages}
+    calls = work.calls
+    clock = time.process_time
     threads = itertools.count()
 
     def config() -> dict[str, Any]:
@@ -160,8 +199,8 @@ def caller(kind: str, agent: Any, messages: list[BaseMessage]) -> Callable[[], f
         with metering(meter):
             agent.invoke(state, cfg)
         elapsed = clock() - start
-        if len(meter.calls) != 1:
-            raise AssertionError(f"metered {len(meter.calls)} calls, expected 1")
+        if len(meter.calls) != calls:
+            raise AssertionError(f"metered {len(meter.calls)} calls, expected {calls}")
         return elapsed
 
     def handler() -> float:
@@ -177,22 +216,21 @@ def caller(kind: str, agent: Any, messages: list[BaseMessage]) -> Callable[[], f
     return {"ours": ours, "handler": handler}.get(kind, plain)
 
 
-def one_round(
-    calls: int, messages: list[BaseMessage], shift: int, checkpointer: str
-) -> dict[str, float]:
-    """Mean µs per model call of each variant, over ``calls`` interleaved invokes."""
+def one_round(calls: int, work: Workload, shift: int, checkpointer: str) -> dict[str, float]:
+    """Mean µs per model call of each variant, over ``calls`` interleaved model calls."""
     # Fresh agents each round: the scripted model keeps every call's input, and a heap
     # growing across rounds would slow the later ones (more for the GC to walk).
-    runs = {kind: caller(kind, build(kind, checkpointer), messages) for kind in KINDS}
+    runs = {kind: caller(kind, build(kind, checkpointer, work), work) for kind in KINDS}
     for run in runs.values():
         run()  # compile-time caches, first-call work
     total = dict.fromkeys(KINDS, 0.0)
+    invokes = max(1, calls // work.calls)
     gc.collect()
-    for i in range(calls):
+    for i in range(invokes):
         start = (i + shift) % len(KINDS)
         for kind in KINDS[start:] + KINDS[:start]:
             total[kind] += runs[kind]()
-    return {kind: total[kind] / calls * 1e6 for kind in KINDS}
+    return {kind: total[kind] / (invokes * work.calls) * 1e6 for kind in KINDS}
 
 
 def main() -> None:
@@ -200,7 +238,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=800, help="model calls per variant per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
-        "--tool-calls", type=int, default=9, help="tool calls already in the conversation"
+        "--tool-calls",
+        type=int,
+        default=9,
+        help="tool calls already in the conversation (with --loop: made by the agent)",
+    )
+    parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="the agent runs its tool loop: tool-calls + 1 model calls per invoke, one meter",
     )
     parser.add_argument(
         "--checkpointer",
@@ -215,14 +261,14 @@ def main() -> None:
     if args.calls < 1 or args.rounds < 1 or args.tool_calls < 0:
         parser.error("--calls and --rounds must be >= 1, --tool-calls >= 0")
 
-    messages = conversation(args.tool_calls)
-    check_metering(messages)
-    one_round(50, messages, 0, args.checkpointer)  # warm imports, genai-prices' data and caches
+    work = workload(args.tool_calls, args.loop)
+    check_metering(work)
+    one_round(50, work, 0, args.checkpointer)  # warm imports, genai-prices' data and caches
 
     samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
     ratios: list[float] = []
     for round_no in range(args.rounds):
-        sample = one_round(args.calls, messages, round_no, args.checkpointer)
+        sample = one_round(args.calls, work, round_no, args.checkpointer)
         for kind in KINDS:
             samples[kind].append(sample[kind])
         theirs = sample["theirs"] - sample["plain"]
@@ -233,7 +279,9 @@ def main() -> None:
     overhead = {kind: per_call[kind] - per_call["plain"] for kind in KINDS}
     ratio = overhead["ours"] / overhead["theirs"] if overhead["theirs"] > 0 else None
     figures: dict[str, Any] = {
-        "input_messages": len(messages),
+        "scenario": "loop" if args.loop else "call",
+        "model_calls_per_invoke": work.calls,
+        "input_messages": len(work.messages),
         "checkpointer": args.checkpointer,
         "calls": args.calls,
         "rounds": args.rounds,
@@ -253,7 +301,12 @@ def main() -> None:
     }
 
     print(
-        f"one model call per invoke, {len(messages)} input messages, checkpointer "
+        (
+            f"the agent's tool loop, {work.calls} model calls per invoke (one meter)"
+            if args.loop
+            else f"one model call per invoke, {len(work.messages)} input messages"
+        )
+        + f", checkpointer "
         f"{args.checkpointer}, "
         f"{args.calls} calls x {args.rounds} rounds per variant"
     )
