@@ -309,6 +309,25 @@ def _as_rate(affine: _Affine | None) -> _Rate | None:
     return a, b, c, denominator
 
 
+def _rate(
+    info: Any,
+    prov: Any,
+    model_price: Any,
+    starts: tuple[int, ...],
+    bracket: int,
+    i: int,
+    o: int,
+    when: datetime | None,
+) -> _Rate | None:
+    """The affine price of one tier of a price set, fitted and checked at (i, o), cached.
+    ``when``: the time ``model_price`` was picked for (None: one price set, any time)."""
+    low = 0 if bracket == 0 else starts[bracket - 1] + 1
+    high = starts[bracket] if bracket < len(starts) else None
+    when = when or datetime.now(tz=timezone.utc)
+    rate = _rates[(id(model_price), bracket)] = _as_rate(_fit(info, prov, when, low, high, i, o))
+    return rate
+
+
 def _genai_micros(provider: str | None, model: str, i: int, o: int) -> int:
     prov, info, fixed = _resolve(provider, model)
     when = None
@@ -325,13 +344,9 @@ def _genai_micros(provider: str | None, model: str, i: int, o: int) -> int:
     for start in starts:
         if i > start:
             bracket += 1
-    key = (id(model_price), bracket)
-    rate = _rates.get(key, _MISSING)
+    rate = _rates.get((id(model_price), bracket), _MISSING)
     if rate is _MISSING:
-        when = when or datetime.now(tz=timezone.utc)
-        low = 0 if bracket == 0 else starts[bracket - 1] + 1
-        high = starts[bracket] if bracket < len(starts) else None
-        rate = _rates[key] = _as_rate(_fit(info, prov, when, low, high, i, o))
+        rate = _rate(info, prov, model_price, starts, bracket, i, o, when)
     if rate is None:
         return _ceil(_exact(info, prov, i, o, when or datetime.now(tz=timezone.utc)))
     a, b, c, d = cast(_Rate, rate)
@@ -371,11 +386,12 @@ def pricer(provider: str | None, model: str, prices: Mapping[str, Price] | None 
     prov, info, fixed = _resolve(provider, model)
     made: Pricer | None = None
     if fixed is not None and not _tier_starts(fixed):
-        # Fitted on [0, inf) and checked at one more point, as _genai_micros does.
-        when = datetime.now(tz=timezone.utc)
-        rate = _as_rate(_fit(info, prov, when, 0, None, 12_345, 678))
+        # One price set, one tier: the rate _genai_micros uses, checked at a typical call.
+        rate = _rates.get((id(fixed), 0), _MISSING)
+        if rate is _MISSING:
+            rate = _rate(info, prov, fixed, (), 0, 12_345, 678, None)
         if rate is not None:
-            made = _affine_pricer(*rate)
+            made = _affine_pricer(*cast(_Rate, rate))
     if made is None:
         made = partial(_genai_micros, provider, model)
     _pricers[key] = (snapshot, made)

@@ -619,15 +619,18 @@ class BudgetMeter(BaseCallbackHandler):
         with self._lock:
             self._reserved[run_id] = reservation
 
-    def _forget(self, run_id: UUID) -> _Pending | None:
+    def _forget(self, run_id: UUID) -> None:
         """Take a call off the calls in flight (a failed call, or one never made)."""
         with self._lock:
-            pending = self._pending.pop(run_id, None)
-            if pending is not None:
-                self._flight_usd -= pending[6]
-                self._flight_in -= pending[4]
-                self._flight_out -= pending[7]
-        return pending
+            self._land(run_id)
+
+    def _land(self, run_id: UUID) -> None:
+        """Take a call off the calls in flight, if it still is (call under the lock)."""
+        pending = self._pending.pop(run_id, None)
+        if pending is not None:  # not if close() came first
+            self._flight_usd -= pending[6]
+            self._flight_in -= pending[4]
+            self._flight_out -= pending[7]
 
     def _gate(self) -> Gate | None:
         """The warning thresholds of the budget's limits for this meter's agent and grants
@@ -689,10 +692,7 @@ class BudgetMeter(BaseCallbackHandler):
         usd_micros = pending[8](input_tokens, output_tokens)
         call = (pending, run_id, input_tokens, output_tokens, usd_micros, estimated)
         with self._lock:
-            if self._pending.pop(run_id, None) is not None:  # not if close() came first
-                self._flight_usd -= pending[6]
-                self._flight_in -= pending[4]
-                self._flight_out -= pending[7]
+            self._land(run_id)
             self._usd += usd_micros
             self._in += input_tokens
             self._out += output_tokens
