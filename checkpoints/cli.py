@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,49 @@ def _saver(db: str) -> Any:
     return open_sqlite_saver(db)
 
 
+def _has_next(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint has tasks left to run, read from the checkpoint alone.
+
+    LangGraph's rule (``prepare_next_tasks``) without the graph: a node runs when one of
+    its trigger channels (``__start__``, ``branch:to:<node>``, ``join:<a+b>:<node>``) holds
+    a value newer than the version the node last saw, and ``Send`` packets wait in
+    ``__pregel_tasks``.
+    """
+    values = checkpoint["channel_values"]
+    versions = checkpoint["channel_versions"]
+    seen = checkpoint.get("versions_seen") or {}
+    if values.get("__pregel_tasks"):
+        return True
+    for channel in values:
+        if channel == "__start__":
+            node = channel
+        elif channel.startswith(("branch:to:", "join:")):
+            node = channel.rpartition(":")[2]
+        else:
+            continue
+        last = (seen.get(node) or {}).get(channel)
+        version = versions.get(channel)
+        if last is None or (version is not None and type(version) is type(last) and version > last):
+            return True
+    return False
+
+
+def _status(found: Any, ledger_status: str) -> str:
+    """The thread's status: the ledger's, or what the checkpoint shows it cannot say.
+
+    ``paused`` waits on an ``interrupt()``; ``error`` had a node raise (re-invoking the
+    thread retries it); ``finished`` reached END with nothing tripped.
+    """
+    channels = {channel for _, channel, _ in found.pending_writes or []}
+    if "__interrupt__" in channels:
+        return "paused"
+    if "__error__" in channels:
+        return "error"
+    if ledger_status == "running" and not _has_next(found.checkpoint):
+        return "finished"
+    return ledger_status
+
+
 def thread_summary(saver: Any, thread_id: str) -> ThreadSummary | None:
     """Summarize the newest checkpoint of ``thread_id`` (None if the thread is unknown)."""
     found = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
@@ -40,12 +83,10 @@ def thread_summary(saver: Any, thread_id: str) -> ThreadSummary | None:
         return None
     values = found.checkpoint["channel_values"]
     ledger = read_ledger(values)
-    paused = any(channel == "__interrupt__" for _, channel, _ in found.pending_writes or [])
-    status = "paused" if paused else ledger["status"]
     return ThreadSummary(
         thread_id=thread_id,
         checkpoint_id=found.checkpoint["id"],
-        status=status,
+        status=_status(found, ledger["status"]),
         hops=ledger["hops"],
         by_agent=ledger["by_agent"],
         trips=ledger["trip_count"],

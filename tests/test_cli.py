@@ -234,3 +234,44 @@ def test_show_lists_the_steps_of_a_loop(tmp_path: Path, capsys: pytest.CaptureFi
     steps = [line.split() for line in out.splitlines() if line.startswith("  #")]
     loop = [s for s in steps if s[1] == "analyst" and "context" in " ".join(s)]
     assert [s[0] for s in loop[:3]] == ["#2", "#4", "#6"]
+
+
+def test_runs_tells_finished_failed_and_unfinished_threads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ledger says ``running`` for any untripped thread; the checkpoint tells more."""
+    from sanegraph.checkpoints import sqlite_saver
+    from sanegraph.graphs import sequential_graph
+    from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
+
+    def agents(analyst: Any) -> dict[str, Any]:
+        researcher = ScriptedChatModel([envelope_message("success", "notes")], cycle=True)
+        return {"researcher": scripted_agent(researcher, name="researcher"), "analyst": analyst}
+
+    def broken(state: Any) -> Any:
+        raise RuntimeError("the analyst's tool is down")
+
+    answer = ScriptedChatModel([envelope_message("success", "answer")], cycle=True)
+    db = tmp_path / "threads.sqlite"
+    with sqlite_saver(db) as saver:
+        done = sequential_graph(agents(scripted_agent(answer, name="analyst"))).compile(
+            checkpointer=saver
+        )
+        done.invoke({"task": "Why?"}, {"configurable": {"thread_id": "finished"}})
+        stopped = sequential_graph(agents(scripted_agent(answer, name="analyst"))).compile(
+            checkpointer=saver, interrupt_before=["analyst"]
+        )
+        stopped.invoke({"task": "Why?"}, {"configurable": {"thread_id": "unfinished"}})
+        failing = sequential_graph(agents(broken)).compile(checkpointer=saver)
+        with pytest.raises(RuntimeError, match="tool is down"):
+            failing.invoke({"task": "Why?"}, {"configurable": {"thread_id": "failed"}})
+        assert done.get_state({"configurable": {"thread_id": "finished"}}).next == ()
+        assert stopped.get_state({"configurable": {"thread_id": "unfinished"}}).next == (
+            "analyst",
+        )
+
+    assert main(["runs", "--db", str(db), "--json"]) == 0
+    status = {t["thread_id"]: t["status"] for t in json.loads(capsys.readouterr().out)}
+    assert status == {"finished": "finished", "unfinished": "running", "failed": "error"}
+    assert main(["show", "finished", "--db", str(db)]) == 0
+    assert "status     finished\n" in capsys.readouterr().out
