@@ -121,6 +121,10 @@ class Trip(_TripCore, total=False):
     ``"near_duplicate"``, ``"tool_repeat"``, ``"tool_errors"``, ``"no_progress"``)."""
     steps: list[dict[str, Any]]
     """Loop trips: the repeating steps, oldest first, as ``{agent, hop, fp, text}``."""
+    after_step: bool
+    """True when the trip came after the agent's step ran, so its update (tool calls
+    included) is in state: loop and envelope trips, and a budget trip the agent caught
+    and carried on from. Absent when the step did not run or was cut short."""
 
 
 class EnvelopeRecord(TypedDict):

@@ -366,6 +366,7 @@ class _Guard:
         delta["sane"] = trip is None and status != "failed"
         if trip is not None:
             _locate(trip, config, getattr(runtime, "execution_info", None))
+            trip["after_step"] = True
             delta["trip"] = trip
         delta["envelope"] = [key, as_dict]
         return self._write(update, delta, command)

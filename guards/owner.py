@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
+from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END
 from langgraph.types import Command, interrupt
@@ -414,7 +415,45 @@ def _continue(
         raise ConfigurationError(
             "The owner cannot tell where to continue: pass task_owner(resume_to=...)."
         )
-    return Command(goto=target, update={"guard": delta})
+    update: dict[str, Any] = {"guard": delta}
+    if trip.get("after_step") and target == _tripped_node(trip, config):
+        # The agent runs again after its own step: tool calls that step asked for and
+        # the trip kept from running must be answered, or the provider rejects the
+        # conversation.
+        _answer_tool_calls(
+            update, state, trip, "a human let the run continue; call the tool again if needed"
+        )
+    return Command(goto=target, update=update)
+
+
+def _answer_tool_calls(update: dict[str, Any], state: Any, trip: Trip, why: str) -> None:
+    """Add to ``update`` a ``ToolMessage`` for each tool call of the last AI message in
+    ``state["messages"]`` that no tool message answers.
+
+    Chat providers reject a conversation in which an assistant's tool call has no tool
+    result, so a run that a trip stopped between an agent's tool calls and its tools
+    must not go back to a model (now, or in the thread's next turn) with them open. The
+    messages are written as new ones: the ``messages`` channel must append (LangGraph's
+    ``add_messages``, as in ``MessagesState``).
+    """
+    messages = state.get("messages") if isinstance(state, Mapping) else None
+    if not isinstance(messages, list):
+        return
+    answered: set[str] = set()
+    for message in reversed(messages):
+        if isinstance(message, ToolMessage):
+            answered.add(message.tool_call_id)
+            continue
+        if isinstance(message, AIMessage):
+            content = f"Not run: {trip['kind']} stopped the run before this tool call ({why})."
+            answers = [
+                ToolMessage(content, tool_call_id=call["id"], name=call["name"], status="error")
+                for call in message.tool_calls
+                if call.get("id") and call["id"] not in answered
+            ]
+            if answers:
+                update["messages"] = answers
+        return
 
 
 def _tripped_node(trip: Trip, config: RunnableConfig) -> str | None:
@@ -454,4 +493,7 @@ def _finish(state: Any, trip: Trip, status: Literal["done", "aborted"], why: str
             "source": key,
         }
     delta: StepDelta = {"status": status, "outcome": outcome}
-    return Command(goto=END, update={"guard": delta})
+    update: dict[str, Any] = {"guard": delta}
+    # The run ends here; the thread's next turn must not find tool calls left open.
+    _answer_tool_calls(update, state, trip, f"the run ended, {why}")
+    return Command(goto=END, update=update)

@@ -266,9 +266,7 @@ def test_runs_tells_finished_failed_and_unfinished_threads(
         with pytest.raises(RuntimeError, match="tool is down"):
             failing.invoke({"task": "Why?"}, {"configurable": {"thread_id": "failed"}})
         assert done.get_state({"configurable": {"thread_id": "finished"}}).next == ()
-        assert stopped.get_state({"configurable": {"thread_id": "unfinished"}}).next == (
-            "analyst",
-        )
+        assert stopped.get_state({"configurable": {"thread_id": "unfinished"}}).next == ("analyst",)
 
     assert main(["runs", "--db", str(db), "--json"]) == 0
     status = {t["thread_id"]: t["status"] for t in json.loads(capsys.readouterr().out)}

@@ -480,16 +480,57 @@ def test_a_tool_error_loop_stops_at_max_tool_repeats(
     # The fourth call was asked for but never ran.
     assert len(weather.calls) == 3
     assert model.call_count == 4
+    # The owner ends the run and answers the call that never ran, so that the thread's
+    # next turn does not send a provider an open tool call.
     assert [(m.type, getattr(m, "status", None)) for m in state["messages"]] == [
         ("human", None),
-        *[("ai", None), ("tool", "error")] * 3,
-        ("ai", None),
+        *[("ai", None), ("tool", "error")] * 4,
     ]
+    answer = state["messages"][-1]
+    assert (answer.tool_call_id, answer.name) == ("call_4", "weather")
+    assert answer.content == (
+        "Not run: tool_repeat stopped the run before this tool call (the run ended, best "
+        "partial result kept)."
+    )
     # The agent never had a result: the owner ends the run with none.
     outcome = outcome_of(state)
     assert outcome is not None
     assert (outcome["status"], outcome["result"], outcome["source"]) == ("failed", None, None)
     assert read_ledger(state)["status"] == "done"
+
+
+def test_continue_after_a_tool_loop_answers_the_call_the_trip_kept_from_running(
+    saver: BaseCheckpointSaver[Any], config: dict[str, Any]
+) -> None:
+    """The agent's step asked for a tool and tripped; continuing goes back to the agent,
+    which must not be sent its own tool call unanswered (providers reject that)."""
+    weather = Weather()
+    answer = AIMessage(envelope("success", "No forecast today: the service is down."))
+    model = ScriptedChatModel(
+        [*calling("weather", lambda i: {"city": "Paris"}, "checking")[:4], answer]
+    )
+    graph = react_graph(model, [weather.tool], GuardPolicy(hops=40, owner="escalate"), saver)
+
+    graph.invoke({"messages": [HumanMessage("What is the weather in Paris?")]}, config)
+    escalation = Escalation.model_validate(graph.get_state(config).interrupts[0].value)
+    assert escalation.kind == "tool_repeat"
+    assert len(weather.calls) == 3
+
+    state = graph.invoke(Command(resume={"action": "continue"}), config)
+
+    # The agent's fifth call saw call_4 answered as not run, and the tool never ran it.
+    sent = model.calls[4]
+    asked = [c["id"] for m in sent if isinstance(m, AIMessage) for c in m.tool_calls]
+    answered = [m.tool_call_id for m in sent if m.type == "tool"]
+    assert asked == answered == ["call_1", "call_2", "call_3", "call_4"]
+    assert sent[-1].content == (
+        "Not run: tool_repeat stopped the run before this tool call (a human let the run "
+        "continue; call the tool again if needed)."
+    )
+    assert len(weather.calls) == 3
+    assert read_ledger(state)["status"] == "running"
+    assert state["messages"][-1].content == answer.content
+    assert graph.get_state(config).next == ()
 
 
 def test_a_tool_error_loop_with_changing_arguments_stops_at_max_tool_errors(
