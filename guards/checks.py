@@ -41,21 +41,23 @@ def make_trip(
     }
 
 
-def check_hops(ledger: Ledger, cap: HopCap, agent: str) -> Trip | None:
+def check_hops(ledger: Ledger, cap: HopCap, agent: str, siblings: int = 0) -> Trip | None:
     """Trip if the next step of ``agent`` would exceed the hop cap.
 
-    Global: ``hops + 1 > max_hops + grants["hops"]``. Per agent:
+    Global: ``hops + siblings + 1 > max_hops + grants["hops"]``, where ``siblings`` are
+    hops that parallel branches took and the ledger does not show yet. Per agent:
     ``by_agent[agent] + 1 > per_agent[agent] + grants["hops:" + agent]``.
     """
-    hops = ledger["hops"]
+    hops = ledger["hops"] + siblings
     grants = ledger["grants"]
     allowed = cap.max_hops + int(grants.get("hops", 0))
     if hops + 1 > allowed:
+        where = f", {siblings} of them in parallel branches" if siblings else ""
         return make_trip(
             "hop_cap",
-            f"The next hop would exceed max_hops={allowed} (hops={hops}, agent={agent!r}). "
-            "Raise HopCap.max_hops, or let the task owner escalate so a human can grant "
-            "more hops.",
+            f"The next hop would exceed max_hops={allowed} (hops={hops}{where}, "
+            f"agent={agent!r}). Raise HopCap.max_hops, or let the task owner escalate so "
+            "a human can grant more hops.",
             limit=allowed,
             observed=hops + 1,
             agent=agent,

@@ -67,6 +67,10 @@ FANOUT_HOPS = "fanout_hops"
 """Key of the hop count a ``guard_sends`` branch's view of the ledger started from (its
 ``hops`` also counts its earlier siblings', for the cap). Only in views, never stored."""
 
+FANOUT_INDEX = "fanout_index"
+"""Key, in a subgraph ledger's ``base``, of the fan-out index of the ``guard_sends`` branch
+the subgraph runs in (how many earlier siblings its hops were charged for)."""
+
 MAX_ENVELOPES = 64
 """How many envelope keys the ledger keeps (the newest envelope of each agent or parallel
 branch); past that the least recently written key is dropped."""
@@ -583,9 +587,18 @@ def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
         if there < here or not current:
             # Entering a subgraph: take the parent's ledger and remember it as the base.
             adopted = _complete(update)
-            adopted.pop(FANOUT_HOPS, None)  # type: ignore[misc]
+            fanout = adopted.pop(FANOUT_HOPS, None)  # type: ignore[misc]
+            if fanout is not None:
+                index = adopted["hops"] - fanout
+            else:
+                index = (update.get("base") or {}).get(FANOUT_INDEX)
             adopted["depth"] = here
-            adopted["base"] = _snapshot(adopted)
+            base = _snapshot(adopted)
+            if index is not None:
+                # A branch of a fan-out (or a subgraph inside one): its steps count their
+                # siblings' live hops past the ones guard_sends charged (guards/_fanout.py).
+                base[FANOUT_INDEX] = index
+            adopted["base"] = base
             return adopted
         # The same level's own ledger coming back as input (a previous result passed to
         # invoke again): the channel already holds the truth.

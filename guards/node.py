@@ -21,6 +21,7 @@ from langgraph.runtime import get_runtime
 from langgraph.types import Command
 from pydantic_core import PydanticSerializationError
 
+from ._fanout import Branch, branch_of
 from ._fingerprint import digest
 from .budget import BudgetMeter, Spend, SpendGroup, metering
 from .checks import check_deadline, check_envelope, check_hops
@@ -148,7 +149,7 @@ class _Guard:
 
     def before(
         self, state: Mapping[str, Any], config: RunnableConfig, runtime: Any
-    ) -> tuple[Ledger, str, StepDelta, bool]:
+    ) -> tuple[Ledger, str, StepDelta, bool, Branch | None]:
         ledger = read_ledger(state)
         agent = self.name or config["metadata"]["langgraph_node"]
         status = ledger["status"]
@@ -173,15 +174,23 @@ class _Guard:
             delta["last_sane"] = parent
         policy = self.policy
         budget = policy.budget
-        trip = check_hops(ledger, policy.hops, agent)
+        cap = policy.hops
+        branch = branch_of(ledger, info, config)
+        if branch is None:
+            trip = check_hops(ledger, cap, agent)
+        else:
+            # A step of one of parallel branches: its siblings' hops so far count too.
+            trip = branch.claim(lambda siblings: check_hops(ledger, cap, agent, siblings))
         if trip is None and budget is not None:
             trip = check_deadline(ledger, budget, agent, now)
+            if trip is not None and branch is not None:
+                branch.release()
         if trip is not None:
             _locate(trip, config, info)
             delta["trip"] = trip
             delta["sane"] = False
-            return ledger, agent, delta, False
-        return ledger, agent, delta, True
+            return ledger, agent, delta, False, None
+        return ledger, agent, delta, True, branch
 
     def meter(
         self, ledger: Ledger, agent: str, delta: StepDelta, runtime: Any
@@ -472,19 +481,27 @@ def guarded(
     perf = time.perf_counter
 
     def run(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
-        ledger, agent_name, delta, go = guard.before(state, config, runtime)
+        ledger, agent_name, delta, go, branch = guard.before(state, config, runtime)
         if not go:
             return guard.finish(ledger, delta, runtime, guard.refused(state, delta))
-        meter = guard.meter(ledger, agent_name, delta, runtime)
-        start = perf()
-        if meter is None:
-            output = guard.call(state, config, runtime)
-        else:
-            with _Metered(meter) as metered:
+        try:
+            meter = guard.meter(ledger, agent_name, delta, runtime)
+            start = perf()
+            if meter is None:
                 output = guard.call(state, config, runtime)
-            if metered.stopped:
-                result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
-                return guard.finish(ledger, delta, runtime, result)
+            else:
+                with _Metered(meter) as metered:
+                    output = guard.call(state, config, runtime)
+                if metered.stopped:
+                    if branch is not None:
+                        branch.release()
+                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                    return guard.finish(ledger, delta, runtime, result)
+        except BaseException:
+            # No hop this time (an error, or an interrupt: the step runs again later).
+            if branch is not None:
+                branch.release()
+            raise
         if type(output) is not dict and inspect.isawaitable(output):
             if hasattr(output, "close"):
                 output.close()
@@ -498,19 +515,26 @@ def guarded(
         return guard.finish(ledger, delta, runtime, result)
 
     async def arun(guard: _Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
-        ledger, agent_name, delta, go = guard.before(state, config, runtime)
+        ledger, agent_name, delta, go, branch = guard.before(state, config, runtime)
         if not go:
             return guard.finish(ledger, delta, runtime, guard.refused(state, delta))
-        meter = guard.meter(ledger, agent_name, delta, runtime)
-        start = perf()
-        if meter is None:
-            output = await guard.call(state, config, runtime)
-        else:
-            with _Metered(meter) as metered:
+        try:
+            meter = guard.meter(ledger, agent_name, delta, runtime)
+            start = perf()
+            if meter is None:
                 output = await guard.call(state, config, runtime)
-            if metered.stopped:
-                result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
-                return guard.finish(ledger, delta, runtime, result)
+            else:
+                with _Metered(meter) as metered:
+                    output = await guard.call(state, config, runtime)
+                if metered.stopped:
+                    if branch is not None:
+                        branch.release()
+                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                    return guard.finish(ledger, delta, runtime, result)
+        except BaseException:
+            if branch is not None:
+                branch.release()
+            raise
         result = guard.after(
             state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter
         )

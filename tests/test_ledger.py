@@ -323,3 +323,60 @@ def test_folding_the_same_write_twice_reuses_the_first_result() -> None:
     # An equal but distinct write is folded again.
     again = fold_ledger(ledger, dict(delta))
     assert again is not first and again == first
+
+
+# -- live hop counts of parallel branches (guards/_fanout.py) -------------------------------
+
+
+def test_branches_see_their_siblings_hops_past_the_ones_guard_sends_charged() -> None:
+    from types import SimpleNamespace
+
+    from sanegraph.guards._fanout import branch_of
+
+    def step(index: int, name: str) -> Any:
+        # A subgraph step of branch `name`, whose ledger guard_sends charged `index` hops.
+        info = SimpleNamespace(checkpoint_ns=f"{name}|work:x", checkpoint_id="inner")
+        config = {"configurable": {"checkpoint_map": {"": "root-1", name: "inner"}}}
+        ledger = {"base": {"hops": 3 + index, "fanout_index": index}}
+        branch = branch_of(ledger, info, config)
+        assert branch is not None
+        return branch
+
+    first, second, third = step(0, "sub:a"), step(1, "sub:b"), step(2, "sub:c")
+    seen: list[int] = []
+
+    def take(siblings: int) -> None:
+        seen.append(siblings)
+
+    for _ in range(3):
+        first.claim(take)
+    # The second branch was charged one hop for the first: it sees the other two.
+    assert second.claim(lambda siblings: siblings) == 2
+    assert first.claim(take) is None and seen[-1] == 0
+    assert third.claim(lambda siblings: siblings) == 3  # 4 of the first, minus its charge 1
+    second.claim(take)  # now the second has taken a hop
+    assert first.claim(lambda siblings: siblings) == 1  # a later sibling: all its hops
+    assert third.claim(lambda siblings: siblings) == 3  # an earlier one: past its first
+    # A step that ends without a hop gives it back.
+    second.release()
+    assert first.claim(lambda siblings: siblings) == 0
+    # Another superstep (another root checkpoint) starts from nothing.
+    other = branch_of(
+        {"base": {"hops": 3, "fanout_index": 0}},
+        SimpleNamespace(checkpoint_ns="sub:a|work:y", checkpoint_id="inner"),
+        {"configurable": {"checkpoint_map": {"": "root-2"}}},
+    )
+    assert other is not None and other.claim(lambda siblings: siblings) == 0
+
+
+def test_a_step_outside_any_fan_out_has_no_branch() -> None:
+    from types import SimpleNamespace
+
+    from sanegraph.guards._fanout import branch_of
+
+    top = SimpleNamespace(checkpoint_ns="lead:x", checkpoint_id="root-3")
+    assert branch_of({"hops": 2}, top, {}) is None
+    assert branch_of({"hops": 2}, None, {}) is None
+    # A top-level branch of guard_sends: its index is its view's charge.
+    branch = branch_of({"hops": 5, "fanout_hops": 3}, top, {})
+    assert branch is not None and (branch.name, branch.index) == ("lead:x", 2)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START
@@ -270,3 +271,93 @@ def test_parallel_subgraph_branches_add_their_hops(saver: BaseCheckpointSaver[An
     assert (ledger["hops"], ledger["status"]) == (1 + 3 + 3 + 1, "running")
     assert ledger["by_agent"] == {"lead": 1, "a": 2, "b": 2, "c": 2, "join": 1}
     assert len(ledger["recent"]) == 8
+
+
+class Looping(GuardedState, total=False):
+    task: str
+    turns: int
+
+
+def _looping_subgraph(policy: GuardPolicy, turns: int) -> Any:
+    """A subgraph whose one agent works ``turns`` steps (each with a new result)."""
+
+    def work(state: Looping) -> dict[str, Any]:
+        n = state.get("turns", 0) + 1
+        RAN.append(f"{state.get('task')}:{n}")
+        return {"envelope": {"status": "success", "result": f"{state.get('task')} {n}"}, "turns": n}
+
+    def more(state: Looping) -> Literal["work", "__end__"]:
+        return "work" if state.get("turns", 0) < turns else END
+
+    builder = GuardedStateGraph(Looping)
+    builder.add_node("work", guarded(work, policy))
+    builder.add_edge(START, "work")
+    builder.add_conditional_edges("work", guard_route(more, owner=END))
+    return builder.compile()
+
+
+def _fan_out_graph(
+    policy: GuardPolicy, saver: BaseCheckpointSaver[Any], tasks: tuple[str, ...]
+) -> Any:
+    def fan_out(state: Outer) -> list[Send]:
+        return guard_sends(state, [Send("sub", {"task": t}) for t in tasks])
+
+    builder = GuardedStateGraph(Outer)
+    builder.add_node("lead", guarded(_lead, policy))
+    builder.add_node("sub", _looping_subgraph(policy, turns=5))
+    builder.add_node("owner", task_owner(policy), destinations=(END,))
+    builder.add_edge(START, "lead")
+    builder.add_conditional_edges("lead", fan_out, ["sub"])
+    builder.add_conditional_edges("sub", guard_route(END))
+    return builder.compile(checkpointer=saver)
+
+
+@pytest.mark.parametrize("max_hops", [6, 9, 12])
+def test_the_hop_cap_is_global_across_parallel_subgraph_branches(
+    saver: BaseCheckpointSaver[Any], max_hops: int
+) -> None:
+    """Three branches that each want 5 steps run alongside each other: each sees its
+    siblings' steps as they happen, not only at the join, so all of them together stop at
+    the cap (each alone would have gone to max_hops)."""
+    RAN.clear()
+    policy = GuardPolicy(hops=max_hops, owner="partial", loops=False)
+    graph = _fan_out_graph(policy, saver, ("tides", "moon", "sun"))
+
+    out = graph.invoke({"topic": "tides"}, CONFIG)
+
+    ledger = read_ledger(out)
+    branch_steps = [r for r in RAN if ":" in r]
+    assert ledger["hops"] == 1 + len(branch_steps) <= max_hops
+    # guard_sends keeps each branch's first hop for it: a branch that never got to use it
+    # (its siblings took the rest first) leaves that hop unspent.
+    assert len(branch_steps) >= max_hops - 1 - 2
+    assert ledger["status"] == "done"
+    assert {t["kind"] for t in ledger["trips"]} == {"hop_cap"}
+
+
+def test_parallel_subgraph_branches_under_the_cap_all_run(saver: BaseCheckpointSaver[Any]) -> None:
+    RAN.clear()
+    policy = GuardPolicy(hops=1 + 15, owner="partial", loops=False)
+    graph = _fan_out_graph(policy, saver, ("tides", "moon", "sun"))
+
+    out = graph.invoke({"topic": "tides"}, CONFIG)
+
+    ledger = read_ledger(out)
+    assert (ledger["hops"], ledger["status"], ledger["trip_count"]) == (16, "running", 0)
+    steps = [f"{t}:{n}" for t in ("tides", "moon", "sun") for n in range(1, 6)]
+    assert sorted(RAN) == sorted(["lead", *steps])
+
+
+async def test_the_hop_cap_is_global_across_parallel_subgraph_branches_async(
+    async_saver: BaseCheckpointSaver[Any],
+) -> None:
+    RAN.clear()
+    policy = GuardPolicy(hops=9, owner="partial", loops=False)
+    graph = _fan_out_graph(policy, async_saver, ("tides", "moon", "sun"))
+
+    out = await graph.ainvoke({"topic": "tides"}, CONFIG)
+
+    ledger = read_ledger(out)
+    branch_steps = [r for r in RAN if ":" in r]
+    assert ledger["hops"] == 1 + len(branch_steps) <= 9
+    assert ledger["status"] == "done"
