@@ -361,3 +361,29 @@ async def test_the_hop_cap_is_global_across_parallel_subgraph_branches_async(
     branch_steps = [r for r in RAN if ":" in r]
     assert ledger["hops"] == 1 + len(branch_steps) <= 9
     assert ledger["status"] == "done"
+
+
+def test_the_hop_cap_is_global_across_subgraphs_on_parallel_edges(
+    saver: BaseCheckpointSaver[Any],
+) -> None:
+    """No guard_sends: two subgraph nodes that an edge starts side by side."""
+    RAN.clear()
+    policy = GuardPolicy(hops=7, owner="partial", loops=False)
+    builder = GuardedStateGraph(Outer)
+    builder.add_node("lead", guarded(_lead, policy))
+    builder.add_node("left", _looping_subgraph(policy, turns=5))
+    builder.add_node("right", _looping_subgraph(policy, turns=5))
+    builder.add_node("owner", task_owner(policy), destinations=(END,))
+    builder.add_edge(START, "lead")
+    builder.add_edge("lead", "left")
+    builder.add_edge("lead", "right")
+    builder.add_conditional_edges("left", guard_route(END))
+    builder.add_conditional_edges("right", guard_route(END))
+    graph = builder.compile(checkpointer=saver)
+
+    out = graph.invoke({"topic": "tides"}, CONFIG)
+
+    ledger = read_ledger(out)
+    # Nothing is kept for a branch here: the two take the 6 hops left between them.
+    assert ledger["hops"] == 1 + len([r for r in RAN if ":" in r]) == 7
+    assert ledger["status"] == "done"
