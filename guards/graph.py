@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import RunnableConfig, ensure_config
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Durability
 
 __all__ = ("DurableCompiledGraph", "GuardedStateGraph")
+
+_NEW_TURN = {"reset_window": True}
+"""The ledger delta new input writes: a new turn's loop window starts empty."""
 
 
 class DurableCompiledGraph(CompiledStateGraph):  # type: ignore[type-arg]
@@ -32,6 +35,21 @@ class DurableCompiledGraph(CompiledStateGraph):  # type: ignore[type-arg]
             return "sync"
         return durability
 
+    def _turn(self, input: Any, config: RunnableConfig | None) -> Any:
+        """Mark new input to the root graph as a new turn of the thread.
+
+        A thread is often a conversation: each user message is an ``invoke`` that runs to
+        END. The loop window is the current turn's, so new input empties it (counts,
+        spend and trips carry over). Resuming (``None``, ``Command``) continues the turn;
+        a subgraph's input is its parent's state, not a turn; input that writes the
+        ledger itself is left as it is.
+        """
+        if type(input) is not dict or "guard" in input or "guard" not in self.channels:
+            return input
+        if ensure_config(config)["configurable"].get("checkpoint_ns"):
+            return input  # run by a parent graph's task
+        return {**input, "guard": _NEW_TURN}
+
     def stream(  # type: ignore[override]
         self,
         input: Any | Command[Any] | None,
@@ -41,7 +59,9 @@ class DurableCompiledGraph(CompiledStateGraph):  # type: ignore[type-arg]
         **kwargs: Any,
     ) -> Iterator[dict[str, Any] | Any]:
         """LangGraph's ``stream``, with ``durability`` defaulting to ``"sync"``."""
-        return super().stream(input, config, durability=self._durability(durability), **kwargs)
+        return super().stream(
+            self._turn(input, config), config, durability=self._durability(durability), **kwargs
+        )
 
     def astream(  # type: ignore[override]
         self,
@@ -52,7 +72,9 @@ class DurableCompiledGraph(CompiledStateGraph):  # type: ignore[type-arg]
         **kwargs: Any,
     ) -> AsyncIterator[dict[str, Any] | Any]:
         """LangGraph's ``astream``, with ``durability`` defaulting to ``"sync"``."""
-        return super().astream(input, config, durability=self._durability(durability), **kwargs)
+        return super().astream(
+            self._turn(input, config), config, durability=self._durability(durability), **kwargs
+        )
 
 
 class GuardedStateGraph(StateGraph):  # type: ignore[type-arg]

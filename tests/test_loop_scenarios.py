@@ -363,6 +363,26 @@ def test_a_new_turn_after_the_owner_ended_the_loop_starts_detection_afresh(
     assert ledger["envelopes"]["analyst"]["status"] == "success"
 
 
+def test_resuming_a_paused_turn_keeps_its_window(
+    saver: BaseCheckpointSaver[Any], config: dict[str, Any]
+) -> None:
+    # Paused after every analyst step and resumed with None: still one turn, so the loop
+    # trips at hop 6 as it does in one go (new input would have started a new window).
+    incident = Incident()
+    graph = sequential_graph(incident.stages, policy=GuardPolicy(hops=50)).compile(
+        checkpointer=saver, interrupt_after=["analyst"]
+    )
+    state = graph.invoke({"task": "Why did Q3 sales drop?"}, config)
+    nexts = []
+    while graph.get_state(config).next:
+        nexts.append(graph.get_state(config).next)
+        state = graph.invoke(None, config)
+
+    assert nexts == [("researcher",), ("researcher",), ("owner",)]
+    assert steps_of(last_trip(state)) == [("analyst", 2), ("analyst", 4), ("analyst", 6)]
+    assert read_ledger(state)["status"] == "done"
+
+
 # -- 2. the 58-copy chain ------------------------------------------------------------------
 
 SUMMARY = "Summary: the customer wants a refund for order 1182 because it arrived late."
@@ -919,12 +939,15 @@ def test_a_classifier_answering_the_same_for_new_requests_does_not_trip_with_req
     ledger = read_ledger(state)
     assert (ledger["trips"], ledger["hops"], ledger["status"]) == ([], 10, "running")
 
-    # Without it, the third "billing" is a repeat (hops 1, 3, 5).
+    # Without it, the turns are still told apart: each new input starts a new window
+    # (before, the third "billing" was a repeat: hops 1, 3, 5).
     graph = sequential_graph(stages(), policy=GuardPolicy(hops=50)).compile(checkpointer=saver)
     other = {"configurable": {"thread_id": config["configurable"]["thread_id"] + "-bare"}}
-    for question in questions[:3]:
+    for turn, question in enumerate(questions, 1):
         state = graph.invoke({"messages": [HumanMessage(question)]}, other)
-    assert steps_of(last_trip(state)) == [("classifier", 1), ("classifier", 3), ("classifier", 5)]
+        ledger = read_ledger(state)
+        assert (ledger["trips"], ledger["hops"], ledger["status"]) == ([], 2 * turn, "running")
+        assert [e[0] for e in ledger["window"]] == ["classifier", "billing"]
 
 
 VERDICT = "No problems found in this section of the contract."
