@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .ledger import FANOUT_HOPS, FANOUT_INDEX
@@ -25,57 +25,69 @@ __all__ = ("Branch", "branch_of")
 
 _MAX_SUPERSTEPS = 256
 _LOCK = threading.Lock()
-_TALLIES: OrderedDict[str, dict[str, list[int]]] = OrderedDict()
-"""Root checkpoint id -> branch -> [fan-out index (-1: none), hops taken]."""
+_TALLIES: OrderedDict[str, dict[str, list[Any]]] = OrderedDict()
+"""Root checkpoint id -> branch -> [fan-out index (-1: none), hops taken, hops taken per
+agent, the branch's top-level node]."""
 
 
 class Branch:
     """One branch's place in its superstep's tally."""
 
-    __slots__ = ("index", "name", "tally")
+    __slots__ = ("index", "name", "node", "tally")
 
-    def __init__(self, tally: dict[str, list[int]], name: str, index: int) -> None:
+    def __init__(self, tally: dict[str, list[Any]], name: str, index: int) -> None:
         self.tally = tally
         self.name = name
+        self.node = name.split(":", 1)[0]
         self.index = index
 
-    def claim(self, check: Any) -> Any:
-        """Run ``check(siblings_hops)`` and, if it passes (returns None), count one hop
-        for this branch, atomically: two siblings cannot both take the last hop."""
+    def claim(self, agent: str, check: Callable[[int, int], Any]) -> Any:
+        """Run ``check(siblings_hops, siblings_hops_of_agent)`` and, if it passes (returns
+        None), count one hop of ``agent`` for this branch, atomically: two siblings cannot
+        both take the last hop."""
         with _LOCK:
-            trip = check(self._siblings())
+            trip = check(*self._siblings(agent))
             if trip is None:
                 entry = self.tally.get(self.name)
                 if entry is None:
-                    self.tally[self.name] = [self.index, 1]
-                else:
-                    entry[1] += 1
+                    entry = self.tally[self.name] = [self.index, 0, {}, self.node]
+                entry[1] += 1
+                entry[2][agent] = entry[2].get(agent, 0) + 1
             return trip
 
-    def release(self) -> None:
-        """Take back a claimed hop: the step ended without one (stopped, or raised and
-        will run again)."""
+    def release(self, agent: str) -> None:
+        """Take back a hop of ``agent`` claimed by this branch: the step ended without
+        one (stopped, or raised and will run again)."""
         with _LOCK:
             entry = self.tally.get(self.name)
-            if entry is not None and entry[1] > 0:
+            if entry is not None and entry[2].get(agent, 0) > 0:
                 entry[1] -= 1
+                entry[2][agent] -= 1
 
-    def _siblings(self) -> int:
-        """Hops the other branches took that this branch's ledger does not show.
+    def _siblings(self, agent: str) -> tuple[int, int]:
+        """Hops the other branches took that this branch's ledger does not show: all of
+        them, and those of ``agent``.
 
         ``guard_sends`` already charged this branch one hop for each earlier sibling
-        (lower fan-out index): of those, only the hops past the first are added.
+        (lower fan-out index), and one of its node's hops for each earlier sibling sent to
+        the same node: only the hops past those are added.
         """
         mine = self.index
-        extra = 0
-        for name, (index, hops) in self.tally.items():
+        node = self.node
+        total = of_agent = 0
+        for name, (index, hops, agents, other_node) in self.tally.items():
             if name == self.name:
                 continue
+            theirs = agents.get(agent, 0)
             if mine >= 0 and 0 <= index < mine:
                 hops -= 1
+                if agent == node == other_node:
+                    theirs -= 1
             if hops > 0:
-                extra += hops
-        return extra
+                total += hops
+            if theirs > 0:
+                of_agent += theirs
+        return total, of_agent
 
 
 def branch_of(ledger: Mapping[str, Any], info: Any, config: Mapping[str, Any]) -> Branch | None:

@@ -41,12 +41,15 @@ def make_trip(
     }
 
 
-def check_hops(ledger: Ledger, cap: HopCap, agent: str, siblings: int = 0) -> Trip | None:
+def check_hops(
+    ledger: Ledger, cap: HopCap, agent: str, siblings: int = 0, agent_siblings: int = 0
+) -> Trip | None:
     """Trip if the next step of ``agent`` would exceed the hop cap.
 
     Global: ``hops + siblings + 1 > max_hops + grants["hops"]``, where ``siblings`` are
     hops that parallel branches took and the ledger does not show yet. Per agent:
-    ``by_agent[agent] + 1 > per_agent[agent] + grants["hops:" + agent]``.
+    ``by_agent[agent] + agent_siblings + 1 > per_agent[agent] + grants["hops:" + agent]``,
+    ``agent_siblings`` being the parallel branches' hops of ``agent``.
     """
     hops = ledger["hops"] + siblings
     grants = ledger["grants"]
@@ -65,7 +68,7 @@ def check_hops(ledger: Ledger, cap: HopCap, agent: str, siblings: int = 0) -> Tr
         )
     per_agent = cap.per_agent.get(agent)
     if per_agent is not None:
-        used = ledger["by_agent"].get(agent, 0)
+        used = ledger["by_agent"].get(agent, 0) + agent_siblings
         allowed = per_agent + int(grants.get(f"hops:{agent}", 0))
         if used + 1 > allowed:
             return make_trip(

@@ -180,11 +180,13 @@ class _Guard:
             trip = check_hops(ledger, cap, agent)
         else:
             # A step of one of parallel branches: its siblings' hops so far count too.
-            trip = branch.claim(lambda siblings: check_hops(ledger, cap, agent, siblings))
+            trip = branch.claim(
+                agent, lambda hops, of_agent: check_hops(ledger, cap, agent, hops, of_agent)
+            )
         if trip is None and budget is not None:
             trip = check_deadline(ledger, budget, agent, now)
             if trip is not None and branch is not None:
-                branch.release()
+                branch.release(agent)
         if trip is not None:
             _locate(trip, config, info)
             delta["trip"] = trip
@@ -494,13 +496,13 @@ def guarded(
                     output = guard.call(state, config, runtime)
                 if metered.stopped:
                     if branch is not None:
-                        branch.release()
+                        branch.release(agent_name)
                     result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
                     return guard.finish(ledger, delta, runtime, result)
         except BaseException:
             # No hop this time (an error, or an interrupt: the step runs again later).
             if branch is not None:
-                branch.release()
+                branch.release(agent_name)
             raise
         if type(output) is not dict and inspect.isawaitable(output):
             if hasattr(output, "close"):
@@ -528,12 +530,12 @@ def guarded(
                     output = await guard.call(state, config, runtime)
                 if metered.stopped:
                     if branch is not None:
-                        branch.release()
+                        branch.release(agent_name)
                     result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
                     return guard.finish(ledger, delta, runtime, result)
         except BaseException:
             if branch is not None:
-                branch.release()
+                branch.release(agent_name)
             raise
         result = guard.after(
             state, config, runtime, ledger, agent_name, delta, output, perf() - start, meter

@@ -342,31 +342,51 @@ def test_branches_see_their_siblings_hops_past_the_ones_guard_sends_charged() ->
         assert branch is not None
         return branch
 
+    def seen(hops: int, of_agent: int) -> tuple[int, int]:
+        return hops, of_agent  # a check that trips: returns what it was shown
+
+    def ok(hops: int, of_agent: int) -> None:
+        return None
+
     first, second, third = step(0, "sub:a"), step(1, "sub:b"), step(2, "sub:c")
-    seen: list[int] = []
-
-    def take(siblings: int) -> None:
-        seen.append(siblings)
-
     for _ in range(3):
-        first.claim(take)
+        first.claim("work", ok)
     # The second branch was charged one hop for the first: it sees the other two.
-    assert second.claim(lambda siblings: siblings) == 2
-    assert first.claim(take) is None and seen[-1] == 0
-    assert third.claim(lambda siblings: siblings) == 3  # 4 of the first, minus its charge 1
-    second.claim(take)  # now the second has taken a hop
-    assert first.claim(lambda siblings: siblings) == 1  # a later sibling: all its hops
-    assert third.claim(lambda siblings: siblings) == 3  # an earlier one: past its first
+    assert second.claim("work", seen) == (2, 3)
+    assert second.claim("plan", seen) == (2, 0)
+    first.claim("plan", ok)
+    assert third.claim("work", seen) == (3, 3)  # 4 hops of the first, minus its charge
+    second.claim("work", ok)  # now the second has taken a hop
+    assert first.claim("work", seen) == (1, 1)  # a later sibling: all its hops
+    assert third.claim("work", seen) == (3, 4)  # an earlier one: its hops past the first
     # A step that ends without a hop gives it back.
-    second.release()
-    assert first.claim(lambda siblings: siblings) == 0
+    second.release("work")
+    assert first.claim("work", seen) == (0, 0)
     # Another superstep (another root checkpoint) starts from nothing.
     other = branch_of(
         {"base": {"hops": 3, "fanout_index": 0}},
         SimpleNamespace(checkpoint_ns="sub:a|work:y", checkpoint_id="inner"),
         {"configurable": {"checkpoint_map": {"": "root-2"}}},
     )
-    assert other is not None and other.claim(lambda siblings: siblings) == 0
+    assert other is not None and other.claim("work", seen) == (0, 0)
+
+
+def test_top_level_branches_of_one_node_see_its_hops_past_the_charged_ones() -> None:
+    from types import SimpleNamespace
+
+    from sanegraph.guards._fanout import branch_of
+
+    def step(index: int, task: str) -> Any:
+        info = SimpleNamespace(checkpoint_ns=f"worker:{task}", checkpoint_id="root-4")
+        # guard_sends' view: hops and the node's count charged for earlier siblings.
+        ledger = {"hops": 3 + index, "fanout_hops": 3, "by_agent": {"worker": index}}
+        branch = branch_of(ledger, info, {})
+        assert branch is not None
+        return branch
+
+    first, second = step(0, "a"), step(1, "b")
+    first.claim("worker", lambda hops, of_agent: None)
+    assert second.claim("worker", lambda hops, of_agent: (hops, of_agent)) == (0, 0)
 
 
 def test_a_step_outside_any_fan_out_has_no_branch() -> None:

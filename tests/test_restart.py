@@ -387,3 +387,20 @@ def test_the_hop_cap_is_global_across_subgraphs_on_parallel_edges(
     # Nothing is kept for a branch here: the two take the 6 hops left between them.
     assert ledger["hops"] == 1 + len([r for r in RAN if ":" in r]) == 7
     assert ledger["status"] == "done"
+
+
+def test_a_per_agent_cap_holds_across_parallel_subgraph_branches(
+    saver: BaseCheckpointSaver[Any],
+) -> None:
+    RAN.clear()
+    policy = GuardPolicy(
+        hops=HopCap(max_hops=50, per_agent={"work": 7}), owner="partial", loops=False
+    )
+    graph = _fan_out_graph(policy, saver, ("tides", "moon", "sun"))
+
+    out = graph.invoke({"topic": "tides"}, CONFIG)
+
+    ledger = read_ledger(out)
+    assert ledger["by_agent"]["work"] == len([r for r in RAN if ":" in r]) == 7
+    assert ledger["status"] == "done"
+    assert {(t["kind"], t["scope"]) for t in ledger["trips"]} == {("hop_cap", "agent")}
