@@ -255,10 +255,13 @@ class _Guard:
         delta: StepDelta,
         meter: BudgetMeter,
         latency: float,
+        branch: Branch | None,
     ) -> dict[str, Any]:
         """The step a budget stopped mid-way: no hop, its spend, and the trip."""
         trip = meter.trip
         assert trip is not None
+        if branch is not None:
+            branch.release(meter.agent)
         _locate(trip, config, getattr(runtime, "execution_info", None))
         self.metered(delta, meter)
         delta["latency"] = latency
@@ -495,9 +498,9 @@ def guarded(
                 with _Metered(meter) as metered:
                     output = guard.call(state, config, runtime)
                 if metered.stopped:
-                    if branch is not None:
-                        branch.release(agent_name)
-                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                    result = guard.stopped(
+                        state, config, runtime, delta, meter, perf() - start, branch
+                    )
                     return guard.finish(ledger, delta, runtime, result)
         except BaseException:
             # No hop this time (an error, or an interrupt: the step runs again later).
@@ -529,9 +532,9 @@ def guarded(
                 with _Metered(meter) as metered:
                     output = await guard.call(state, config, runtime)
                 if metered.stopped:
-                    if branch is not None:
-                        branch.release(agent_name)
-                    result = guard.stopped(state, config, runtime, delta, meter, perf() - start)
+                    result = guard.stopped(
+                        state, config, runtime, delta, meter, perf() - start, branch
+                    )
                     return guard.finish(ledger, delta, runtime, result)
         except BaseException:
             if branch is not None:
