@@ -39,8 +39,12 @@ ratios is printed too).
 
 Target (issue 3): ours_overhead / theirs_overhead <= 0.2.
 
+``--instructions`` counts CPU instructions per model call instead (valgrind's callgrind,
+two child runs per variant; see ``bench/_instructions.py``): exact where time is noisy,
+but not time.
+
 Usage: python bench/budget.py [--calls 800] [--rounds 7] [--tool-calls 9] [--loop]
-       [--checkpointer none|memory] [--json]
+       [--checkpointer none|memory] [--instructions] [--json]
 """
 
 from __future__ import annotations
@@ -50,12 +54,15 @@ import gc
 import itertools
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from _instructions import child_units, per_unit, require_valgrind
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware
 from langchain_core.callbacks import BaseCallbackHandler
@@ -233,7 +240,46 @@ def one_round(calls: int, work: Workload, shift: int, checkpointer: str) -> dict
     return {kind: total[kind] / (invokes * work.calls) * 1e6 for kind in KINDS}
 
 
+def child(kind: str, tool_calls: int, loop: bool, checkpointer: str, invokes: int) -> None:
+    """A ``--child`` run for ``--instructions``: warm up, then ``invokes`` invokes."""
+    work = workload(tool_calls, loop)
+    run = caller(kind, build(kind, checkpointer, work), work)
+    for _ in range(20):
+        run()
+    for _ in range(invokes):
+        run()
+
+
+def instructions(calls: int, tool_calls: int, loop: bool, checkpointer: str) -> dict[str, Any]:
+    """Instructions per model call of each variant, the overheads and ours / theirs."""
+    require_valgrind()
+    work = workload(tool_calls, loop)
+    invokes = max(calls // work.calls, 4)
+    flags = [str(tool_calls), "loop" if loop else "call", checkpointer]
+    per_call = {
+        kind: per_unit(Path(__file__), [kind, *flags], invokes // 4, invokes) / work.calls
+        for kind in KINDS
+    }
+    overhead = {kind: per_call[kind] - per_call["plain"] for kind in KINDS}
+    ratio = overhead["ours"] / overhead["theirs"] if overhead["theirs"] > 0 else None
+    return {
+        "scenario": "loop" if loop else "call",
+        "model_calls_per_invoke": work.calls,
+        "checkpointer": checkpointer,
+        "unit": "instructions per model call",
+        **{f"{kind}_instructions_per_call": round(per_call[kind]) for kind in KINDS},
+        **{f"{kind}_overhead_instructions": round(overhead[kind]) for kind in KINDS[1:]},
+        "ratio": None if ratio is None else round(ratio, 3),
+        "target": TARGET,
+    }
+
+
 def main() -> None:
+    run = child_units(sys.argv)
+    if run is not None:
+        (kind, tool_calls, scenario, checkpointer), units = run
+        child(kind, int(tool_calls), scenario == "loop", checkpointer, units)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=800, help="model calls per variant per round")
     parser.add_argument("--rounds", type=int, default=7)
@@ -255,11 +301,26 @@ def main() -> None:
         help="compile the agents with no checkpointer or an InMemorySaver",
     )
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count CPU instructions per model call with valgrind instead of timing",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
     args = parser.parse_args()
     if args.calls < 1 or args.rounds < 1 or args.tool_calls < 0:
         parser.error("--calls and --rounds must be >= 1, --tool-calls >= 0")
+    if args.instructions:
+        counted = instructions(args.calls, args.tool_calls, args.loop, args.checkpointer)
+        print(f"{'variant':<10}{'instr/call':>14}{'overhead instr/call':>22}")
+        for kind in KINDS:
+            extra = "" if kind == "plain" else f"{counted[f'{kind}_overhead_instructions']:+,}"
+            print(f"{kind:<10}{counted[f'{kind}_instructions_per_call']:>14,}{extra:>22}")
+        print(f"ours/theirs overhead in instructions: {counted['ratio']} (target <= {TARGET})")
+        if args.json:
+            print(json.dumps(counted))
+        return
 
     work = workload(args.tool_calls, args.loop)
     check_metering(work)

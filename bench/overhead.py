@@ -9,7 +9,11 @@ guarded default), on a file in the system's temporary folder.
 
 Targets (issue 2): guarded/plain <= 1.10 without a checkpointer, <= 1.05 with SqliteSaver.
 
-Usage: python bench/overhead.py [--steps 1000] [--rounds 7] [--json]
+``--instructions`` counts CPU instructions per step instead (valgrind's callgrind, two
+child runs per configuration; see ``bench/_instructions.py``): exact where time is noisy,
+but not time.
+
+Usage: python bench/overhead.py [--steps 1000] [--rounds 7] [--instructions] [--json]
 """
 
 from __future__ import annotations
@@ -18,15 +22,21 @@ import argparse
 import json
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from _instructions import child_units, per_unit, require_valgrind
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
 from sanegraph.guards import GuardedState, GuardPolicy, guard_route, guarded, task_owner
+
+KINDS = ("plain", "guarded")
+SAVERS = ("none", "sqlite")
+TARGETS = {"none": 1.10, "sqlite": 1.05}
 
 
 class PlainState(TypedDict):
@@ -81,20 +91,65 @@ def per_step_us(kind: str, steps: int, saver_kind: str, folder: Path, round_no: 
     return elapsed / steps * 1e6
 
 
+def child(kind: str, saver_kind: str, steps: int) -> None:
+    """A ``--child`` run for ``--instructions``: warm up, then one run of ``steps`` steps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        per_step_us(kind, 20, saver_kind, Path(tmp), -1)
+        per_step_us(kind, steps, saver_kind, Path(tmp), 0)
+
+
+def instructions(steps: int) -> dict[str, Any]:
+    """Instructions per step of each configuration, and the guarded / plain ratios."""
+    require_valgrind()
+    script = Path(__file__)
+    small = max(steps // 4, 50)
+    figures: dict[str, Any] = {"steps": steps, "unit": "instructions per step"}
+    for saver_kind in SAVERS:
+        counts = {kind: per_unit(script, [kind, saver_kind], small, steps) for kind in KINDS}
+        figures[saver_kind] = {
+            "plain_instructions_per_step": round(counts["plain"]),
+            "guarded_instructions_per_step": round(counts["guarded"]),
+            "ratio": round(counts["guarded"] / counts["plain"], 3),
+        }
+    return figures
+
+
 def main() -> None:
+    run = child_units(sys.argv)
+    if run is not None:
+        (kind, saver_kind), units = run
+        child(kind, saver_kind, units)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count CPU instructions per step with valgrind instead of timing",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
     args = parser.parse_args()
+    if args.instructions:
+        counted = instructions(args.steps)
+        print(f"{'checkpointer':<14}{'plain instr/step':>18}{'guarded instr/step':>20}{'ratio':>8}")
+        for saver_kind, label in (("none", "none"), ("sqlite", "SqliteSaver")):
+            f = counted[saver_kind]
+            print(
+                f"{label:<14}{f['plain_instructions_per_step']:>18,}"
+                f"{f['guarded_instructions_per_step']:>20,}{f['ratio']:>8}"
+            )
+        if args.json:
+            print(json.dumps(counted))
+        return
 
     figures: dict[str, Any] = {"steps": args.steps, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for saver_kind in ("none", "sqlite"):
-            samples: dict[str, list[float]] = {"plain": [], "guarded": []}
+        for saver_kind in SAVERS:
+            samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
             ratios: list[float] = []
             per_step_us("plain", 50, saver_kind, folder, -1)  # warm imports and caches
             per_step_us("guarded", 50, saver_kind, folder, -2)
@@ -114,7 +169,7 @@ def main() -> None:
                 "ratio": round(statistics.median(ratios), 3),
             }
 
-    targets = {"none": 1.10, "sqlite": 1.05}
+    targets = TARGETS
     print(
         f"{'checkpointer':<14}{'plain µs/step':>15}{'guarded µs/step':>17}{'ratio':>8}{'target':>8}"
     )
