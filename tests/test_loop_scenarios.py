@@ -950,6 +950,24 @@ def test_a_classifier_answering_the_same_for_new_requests_does_not_trip_with_req
         assert [e[0] for e in ledger["window"]] == ["classifier", "billing"]
 
 
+async def test_each_new_input_is_a_new_turn_async(
+    async_saver: BaseCheckpointSaver[Any], config: dict[str, Any]
+) -> None:
+    classifier = ScriptedChatModel([envelope_message("success", "billing")], cycle=True)
+    billing = ScriptedChatModel([envelope_message("success", f"Answer {i}") for i in range(4)])
+    stages = [
+        ("classifier", async_scripted_agent(classifier, name="classifier")),
+        ("billing", async_scripted_agent(billing, name="billing")),
+    ]
+    graph = sequential_graph(stages, policy=GuardPolicy(hops=50)).compile(checkpointer=async_saver)
+
+    for turn in range(1, 5):
+        state = await graph.ainvoke({"task": f"Question {turn}"}, config)
+        ledger = read_ledger(state)
+        assert (ledger["trips"], ledger["hops"]) == ([], 2 * turn)
+        assert [e[0] for e in ledger["window"]] == ["classifier", "billing"]
+
+
 VERDICT = "No problems found in this section of the contract."
 
 
