@@ -11,6 +11,7 @@ code does less or more work, exactly; time is what a user waits for.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -19,9 +20,18 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ("child_units", "per_unit", "require_valgrind")
+__all__ = ("add_flag", "child_units", "per_unit", "require_valgrind")
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def add_flag(parser: argparse.ArgumentParser, per: str) -> None:
+    """Add a bench's ``--instructions`` option (counts per ``per``, e.g. "step")."""
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help=f"count CPU instructions per {per} with valgrind instead of timing",
+    )
 
 
 def require_valgrind() -> None:

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _instructions import child_units, per_unit, require_valgrind
+from _instructions import add_flag, child_units, per_unit, require_valgrind
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware
 from langchain_core.callbacks import BaseCallbackHandler
@@ -300,11 +300,7 @@ def main() -> None:
         default="none",
         help="compile the agents with no checkpointer or an InMemorySaver",
     )
-    parser.add_argument(
-        "--instructions",
-        action="store_true",
-        help="count CPU instructions per model call with valgrind instead of timing",
-    )
+    add_flag(parser, per="model call")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from _instructions import child_units, per_unit, require_valgrind
+from _instructions import add_flag, child_units, per_unit, require_valgrind
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
@@ -123,11 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument(
-        "--instructions",
-        action="store_true",
-        help="count CPU instructions per step with valgrind instead of timing",
-    )
+    add_flag(parser, per="step")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object as the last line"
     )
