@@ -37,6 +37,8 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/budget.py
+	$(BIN)/python bench/budget.py --loop
+	$(BIN)/python bench/loops.py
 
 clean:
 	rm -rf $(VENV) .mypy_src .mypy_cache .ruff_cache
