@@ -84,8 +84,11 @@ def per_step_us(kind: str, steps: int, saver_kind: str, folder: Path, round_no: 
     config: dict[str, Any] = {"configurable": {"thread_id": "bench"}, "recursion_limit": steps + 10}
     options = {"durability": "sync"} if saver is not None else {}
     start = time.perf_counter()
-    graph.invoke({"n": 0}, config, **options)
+    out = graph.invoke({"n": 0}, config, **options)
     elapsed = time.perf_counter() - start
+    if out["n"] != steps:
+        # Timing (or counting) a run that stopped early would flatter it.
+        raise AssertionError(f"{kind} ran {out['n']} of {steps} steps")
     if conn is not None:
         conn.close()
     return elapsed / steps * 1e6

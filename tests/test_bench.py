@@ -71,5 +71,7 @@ def test_loops_bench_prints_its_figures() -> None:
 )
 def test_instruction_counting_child_runs(script: str, child: list[str]) -> None:
     # What --instructions runs under callgrind, twice per variant: warm-up, then N units.
+    # Each child checks its work was done (every step run, every model call metered) and
+    # fails otherwise, so a count can never come from a run that stopped early.
     proc = _run(script, "--child", *child, "--units", "3")
     assert proc.stdout == ""
