@@ -48,7 +48,8 @@ def test_budget_bench_prints_its_figures(scenario: list[str]) -> None:
     args = ["--calls", "6", "--rounds", "1", *scenario, "--json"]
     figures = _last_json(_run("budget.py", *args).stdout)
     assert figures["scenario"] == ("loop" if scenario else "call")
-    assert figures["ratio"] is not None and figures["target"] == 0.2
+    # Too few calls to judge the ratio (it is None when noise makes theirs look free).
+    assert "ratio" in figures and figures["target"] == 0.2
     for kind in ("plain", "theirs", "ours", "handler"):
         assert figures[f"{kind}_us_per_call"] > 0
 
