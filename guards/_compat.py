@@ -1,0 +1,210 @@
+"""Everything sanegraph relies on that LangGraph does not promise in a public API.
+
+One module, so that an upgrade that breaks an assumption breaks here, and
+``tests/test_compat.py`` names it: each function below states the behaviour it rests on,
+and the test checks that behaviour against the installed LangGraph with a message saying
+what changed. Nothing else in sanegraph reads LangGraph's private names, parses its
+namespace strings or reaches into a builder's or a saver's attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+__all__ = (
+    "PENDING_SENDS",
+    "PULL",
+    "graph_depth",
+    "is_error_handler",
+    "is_pull_task",
+    "make_compiled_class",
+    "node_runnable",
+    "replace_node_runnable",
+    "root_checkpoint_id",
+    "segment_node",
+    "sqlite_connection",
+    "static_targets",
+    "task_depth",
+    "top_segment",
+    "trigger_node",
+)
+
+NS_SEP = "|"
+"""Separates the nesting levels of a checkpoint namespace: ``"sub:<task>|node:<task>"``."""
+NS_END = ":"
+"""Separates a node's name from its task id in one namespace segment."""
+PULL = "__pregel_pull"
+"""First element of the path of a task that runs because its trigger channels changed
+(an edge, or ``Command(goto=...)``), as opposed to a ``Send`` (``__pregel_push``)."""
+PENDING_SENDS = "__pregel_tasks"
+"""Channel in which ``Send`` packets wait for the next superstep."""
+_BRANCH_TO = "branch:to:"
+_JOIN = "join:"
+_START = "__start__"
+
+
+# -- namespaces ------------------------------------------------------------------------
+
+
+def task_depth(task_ns: str) -> int:
+    """Nesting level of a task from its namespace (``runtime.execution_info.checkpoint_ns``):
+    0 for a node of the root graph (``"node:<task>"``), 1 for a node of a subgraph
+    (``"sub:<task>|node:<task>"``), and so on."""
+    return task_ns.count(NS_SEP)
+
+
+def graph_depth(graph_ns: str | None) -> int:
+    """Nesting level of a graph from the ``checkpoint_ns`` of the config it runs under:
+    0 for the root graph (``""``), 1 for a subgraph run by a root task, and so on."""
+    return graph_ns.count(NS_SEP) + 1 if graph_ns else 0
+
+
+def top_segment(task_ns: str) -> str:
+    """The root-graph task a task runs under: the first segment of its namespace."""
+    return task_ns.split(NS_SEP, 1)[0]
+
+
+def segment_node(task_ns: str, level: int) -> str | None:
+    """The node name at nesting ``level`` of a task's namespace, or None if shallower."""
+    segments = task_ns.split(NS_SEP)
+    if level >= len(segments):
+        return None
+    return segments[level].split(NS_END, 1)[0]
+
+
+def root_checkpoint_id(config: Mapping[str, Any]) -> str | None:
+    """The root graph's checkpoint a (sub)graph task runs under.
+
+    LangGraph keeps, in ``configurable["checkpoint_map"]``, the checkpoint id of every
+    enclosing graph by namespace; ``""`` is the root's. Inside a root-graph task the map
+    may be absent: None.
+    """
+    configurable = config.get("configurable") or {}
+    found = (configurable.get("checkpoint_map") or {}).get("")
+    return found if isinstance(found, str) and found else None
+
+
+# -- compiled graphs and builders ------------------------------------------------------
+
+
+def make_compiled_class(graph: CompiledStateGraph, cls: type) -> Any:  # type: ignore[type-arg]
+    """Give a compiled graph the subclass ``cls`` of its class.
+
+    ``StateGraph.compile`` builds the ``CompiledStateGraph`` itself with no hook for a
+    subclass; swapping ``__class__`` keeps every attribute it set. ``cls`` must add
+    methods only (no ``__init__``, no slots).
+    """
+    if not isinstance(graph, CompiledStateGraph) or not issubclass(cls, type(graph)):
+        raise TypeError(
+            f"LangGraph's compile() returned {type(graph).__name__}, not the "
+            f"CompiledStateGraph sanegraph subclasses: upgrade sanegraph."
+        )
+    graph.__class__ = cls
+    return graph
+
+
+def static_targets(builder: StateGraph[Any, Any, Any, Any], node: str) -> set[str] | None:
+    """Where ``node``'s edges can lead (plain, waiting and conditional edges); None when a
+    conditional edge does not declare its destinations."""
+    out = {end for start, end in builder.edges if start == node}
+    out.update(end for starts, end in builder.waiting_edges if node in starts)
+    for branch in builder.branches.get(node, {}).values():
+        if branch.ends is None:
+            return None
+        out.update(branch.ends.values())
+    return out
+
+
+def conditional_sources(builder: StateGraph[Any, Any, Any, Any]) -> dict[str, list[Any]]:
+    """The conditional edges of a builder: source node -> its path functions."""
+    return {
+        source: [branch.path for branch in branches.values()]
+        for source, branches in builder.branches.items()
+    }
+
+
+def plain_targets(builder: StateGraph[Any, Any, Any, Any], node: str) -> set[str]:
+    """Where ``node``'s unconditional edges lead."""
+    out = {end for start, end in builder.edges if start == node}
+    out.update(end for starts, end in builder.waiting_edges if node in starts)
+    return out
+
+
+def node_runnable(builder: StateGraph[Any, Any, Any, Any], name: str) -> Any:
+    """The runnable a builder's node runs (``builder.nodes[name]`` is a ``StateNodeSpec``)."""
+    return builder.nodes[name].runnable
+
+
+def replace_node_runnable(
+    builder: StateGraph[Any, Any, Any, Any], name: str, runnable: Any
+) -> None:
+    """Make a builder's node run ``runnable`` instead, keeping its other settings (retry,
+    cache, destinations, input schema)."""
+    spec = builder.nodes[name]
+    builder.nodes[name] = dataclasses.replace(spec, runnable=runnable)
+
+
+def is_error_handler(spec: Any) -> bool:
+    """Whether a builder node is an ``error_handler`` (not a node a run goes to)."""
+    return bool(getattr(spec, "is_error_handler", False))
+
+
+def is_pull_task(task: Any) -> bool:
+    """Whether a ``StateSnapshot`` task runs because a channel triggered it (an edge or a
+    ``Command(goto=...)``), not because of a ``Send``."""
+    path = getattr(task, "path", None)
+    return bool(path) and path[0] == PULL
+
+
+# -- checkpoints -----------------------------------------------------------------------
+
+
+def trigger_node(channel: str) -> str | None:
+    """The node a trigger channel of a checkpoint starts, or None for a state channel.
+
+    LangGraph names the channels that start nodes ``__start__``, ``branch:to:<node>`` and
+    ``join:<a+b>:<node>``; a node runs when one holds a version newer than the node saw.
+    """
+    if channel == _START:
+        return _START
+    if channel.startswith((_BRANCH_TO, _JOIN)):
+        return channel.rpartition(NS_END)[2]
+    return None
+
+
+def has_pending_sends(channel_values: Mapping[str, Any]) -> bool:
+    """Whether ``Send`` packets wait in a checkpoint."""
+    return bool(channel_values.get(PENDING_SENDS))
+
+
+def sqlite_connection(saver: Any) -> Any:
+    """The ``sqlite3.Connection`` of a ``SqliteSaver`` (its ``conn`` attribute)."""
+    conn = getattr(saver, "conn", None)
+    if conn is None:
+        raise TypeError(
+            f"{type(saver).__name__} has no 'conn' attribute: langgraph-checkpoint-sqlite "
+            "changed how SqliteSaver keeps its connection; upgrade sanegraph."
+        )
+    return conn
+
+
+def pending_nodes(checkpoint: Mapping[str, Any]) -> Iterable[str]:
+    """Nodes a checkpoint will run next, read from the checkpoint alone (LangGraph's rule
+    in ``prepare_next_tasks``, without the graph): a node whose trigger channel holds a
+    version newer than the one it last saw."""
+    values = checkpoint["channel_values"]
+    versions = checkpoint["channel_versions"]
+    seen = checkpoint.get("versions_seen") or {}
+    for channel in values:
+        node = trigger_node(channel)
+        if node is None:
+            continue
+        last = (seen.get(node) or {}).get(channel)
+        version = versions.get(channel)
+        if last is None or (version is not None and type(version) is type(last) and version > last):
+            yield node
