@@ -35,8 +35,10 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from sanegraph.guards import Ledger, fold_ledger, new_ledger
+from sanegraph.guards import Ledger
+from sanegraph.guards.ledger import new_ledger
 from sanegraph.guards.loops import LoopPolicy, check_loops, step_entry
+from sanegraph.guards.reducer import fold_ledger
 
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "su", "do", "fa", "gu", "he")
 WORDS = tuple(a + b + c for a in SYLLABLES for b in SYLLABLES for c in ("", "n", "r", "st"))

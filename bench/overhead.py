@@ -32,7 +32,14 @@ from _instructions import add_flag, child_units, per_unit, require_valgrind
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from sanegraph.guards import GuardedState, GuardPolicy, guard_route, guarded, task_owner
+from sanegraph.guards import (
+    GuardedState,
+    GuardedStateGraph,
+    GuardPolicy,
+    guard_route,
+    guarded,
+    task_owner,
+)
 
 KINDS = ("plain", "guarded")
 SAVERS = ("none", "sqlite")
@@ -66,7 +73,7 @@ def build(kind: str, steps: int, saver: Any) -> Any:
             return {"n": n, "envelope": {"status": "success", "result": n}}
 
         policy = GuardPolicy(hops=steps + 1)
-        builder = StateGraph(GuardedLoopState)
+        builder = GuardedStateGraph(GuardedLoopState)
         builder.add_node("step", guarded(work, policy, name="step"))
         builder.add_node("owner", task_owner(policy), destinations=(END,))
         builder.add_conditional_edges("step", guard_route(again))

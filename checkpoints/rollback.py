@@ -44,7 +44,8 @@ from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 from langgraph.types import Command, Overwrite, StateSnapshot, StateUpdate
 
-from sanegraph.guards import ConfigurationError, Ledger, SanegraphError, new_ledger, read_ledger
+from sanegraph.guards import ConfigurationError, Ledger, SanegraphError, read_ledger
+from sanegraph.guards.ledger import new_ledger
 
 __all__ = (
     "NoSaneCheckpoint",

@@ -55,13 +55,13 @@ def researcher(state, config):
 
 with sqlite_saver(db) as saver, Journal(saver) as journal:
     pool = SharedBudget("tenant acme, today", path=db, usd=20)
-    policy = GuardPolicy(hops=100, budget=Budget(usd=1, pool=pool), journal=journal)
+    policy = GuardPolicy(hops=100, budget=Budget(usd=1))
     builder = GuardedStateGraph(State)
     builder.add_node("researcher", guarded(researcher, policy))
     builder.add_node("owner", task_owner(policy), destinations=("researcher", END))
     builder.add_edge(START, "researcher")
     builder.add_conditional_edges("researcher", guard_route("researcher", policy=policy))
-    graph = builder.compile(checkpointer=saver)
+    graph = builder.compile(checkpointer=saver, journal=journal, pool=pool)
     config = {"configurable": {"thread_id": "runaway"}}
 
     state = graph.invoke({}, config)

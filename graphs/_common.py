@@ -11,7 +11,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from langgraph.graph import END, START
 
-from sanegraph.guards import ConfigurationError, GuardPolicy, fold_ledger
+from sanegraph.guards import ConfigurationError, GuardPolicy
+from sanegraph.guards.reducer import fold_ledger
 
 _RESERVED_CHARS = (":", "|")
 """Characters LangGraph reserves for namespaces (``NS_END``, ``NS_SEP``)."""

@@ -30,13 +30,11 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Send
 
 from sanegraph.guards import (
-    BRANCH_KEY,
     ConfigurationError,
     Envelope,
     GuardedState,
     GuardedStateGraph,
     GuardPolicy,
-    coerce_envelope,
     envelopes_of,
     guard_route,
     guard_sends,
@@ -44,6 +42,8 @@ from sanegraph.guards import (
     is_tripped,
     read_ledger,
 )
+from sanegraph.guards.envelope import coerce_envelope
+from sanegraph.guards.ledger import BRANCH_KEY
 
 from ._common import (
     agent_pairs,

@@ -1,18 +1,30 @@
-"""sanegraph.guards: the ledger, policies, guard checks, envelopes, guard nodes and edges.
+"""sanegraph.guards: the pieces a guarded LangGraph graph is built from.
 
-Compose a guarded graph from these pieces, or start from :mod:`sanegraph.graphs`.
+Build the graph with :class:`GuardedStateGraph` and a state that includes
+:class:`GuardedState`; wrap each agent with :func:`guarded`; route the edges out of
+guarded nodes with :func:`guard_route` (and fan out with :func:`guard_sends`); add the
+:func:`task_owner` that every trip goes to. One :class:`GuardPolicy` says what is allowed.
+Or start from :mod:`sanegraph.graphs`.
+
+Everything else is importable from its submodule, documented there: the ledger's parts
+(:mod:`.ledger`, :mod:`.reducer`), the checks (:mod:`.checks`), budgets and the meter
+(:mod:`.budget`), loop detection (:mod:`.loops`), envelopes (:mod:`.envelope`),
+escalations (:mod:`.escalation`), trips (:mod:`.trips`) and scripted models for tests
+(:mod:`.testing`).
 
 Example:
     ```python
-    from sanegraph.guards import GuardPolicy, GuardedState, guarded, guard_route, task_owner
+    from sanegraph.guards import (
+        GuardedState, GuardedStateGraph, GuardPolicy, guard_route, guarded, task_owner,
+    )
     ```
 """
 
-from .budget import Price, Spend
-from .checks import check_deadline, check_envelope, check_hops, make_trip
-from .envelope import Envelope, EnvelopeStatus, coerce_envelope, envelope_to_dict
+from .budget.policy import Budget
+from .budget.pricing import Price
+from .budget.spend import Spend
+from .envelope import Envelope, EnvelopeStatus
 from .errors import (
-    LOOP_KINDS,
     BudgetExceeded,
     ConfigurationError,
     DeadlineExceeded,
@@ -23,45 +35,18 @@ from .errors import (
     LoopDetected,
     SanegraphError,
 )
-from .graph import DurableCompiledGraph, GuardedStateGraph
-from .ledger import (
-    DEFAULT_WINDOW,
-    MAX_ENVELOPES,
-    MAX_RECENT,
-    MAX_TRIPS,
-    EnvelopeRecord,
-    GuardedState,
-    Ledger,
-    RunStatus,
-    StepDelta,
-    Trip,
-    envelopes_of,
-    fold_ledger,
-    new_ledger,
-    read_ledger,
-)
-from .loops import LoopPolicy
-from .node import BRANCH_KEY, guarded
-from .owner import (
-    AbortRun,
-    AcceptPartial,
-    ContinueRun,
-    Decision,
-    Escalation,
-    best_partial,
-    outcome_of,
-    task_owner,
-)
-from .policy import Budget, EnvelopePolicy, GuardPolicy, HopCap, OwnerAction, OwnerPolicy
+from .escalation import AbortRun, AcceptPartial, ContinueRun, Decision, Escalation
+from .graph import GuardedStateGraph
+from .ledger import Ledger, envelopes_of, read_ledger
+from .loops.policy import LoopPolicy
+from .node import guarded
+from .owner import outcome_of, task_owner
+from .policy import EnvelopePolicy, GuardPolicy, HopCap, OwnerPolicy
 from .route import guard_route, guard_sends, is_tripped
+from .state import GuardedState
+from .trips import Trip
 
 __all__ = (
-    "BRANCH_KEY",
-    "DEFAULT_WINDOW",
-    "LOOP_KINDS",
-    "MAX_ENVELOPES",
-    "MAX_RECENT",
-    "MAX_TRIPS",
     "AbortRun",
     "AcceptPartial",
     "Budget",
@@ -70,10 +55,8 @@ __all__ = (
     "ContinueRun",
     "DeadlineExceeded",
     "Decision",
-    "DurableCompiledGraph",
     "Envelope",
     "EnvelopePolicy",
-    "EnvelopeRecord",
     "EnvelopeStatus",
     "Escalation",
     "GuardPolicy",
@@ -87,28 +70,16 @@ __all__ = (
     "Ledger",
     "LoopDetected",
     "LoopPolicy",
-    "OwnerAction",
     "OwnerPolicy",
     "Price",
-    "RunStatus",
     "SanegraphError",
     "Spend",
-    "StepDelta",
     "Trip",
-    "best_partial",
-    "check_deadline",
-    "check_envelope",
-    "check_hops",
-    "coerce_envelope",
-    "envelope_to_dict",
     "envelopes_of",
-    "fold_ledger",
     "guard_route",
     "guard_sends",
     "guarded",
     "is_tripped",
-    "make_trip",
-    "new_ledger",
     "outcome_of",
     "read_ledger",
     "task_owner",

@@ -157,7 +157,7 @@ def is_error_handler(spec: Any) -> bool:
 def is_pull_task(task: Any) -> bool:
     """Whether a ``StateSnapshot`` task runs because a channel triggered it (an edge or a
     ``Command(goto=...)``), not because of a ``Send``."""
-    path = getattr(task, "path", None)
+    path: Any = getattr(task, "path", None)
     return bool(path) and path[0] == PULL
 
 

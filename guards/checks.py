@@ -9,40 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .budget.policy import Budget
 from .envelope import Envelope
-from .ledger import Ledger, Trip
-from .policy import Budget, EnvelopePolicy, HopCap
+from .ledger import Ledger
+from .policy import EnvelopePolicy, HopCap
+from .trips import Trip, make_trip
 
-__all__ = ("check_deadline", "check_envelope", "check_hops", "make_trip")
-
-
-def make_trip(
-    kind: str,
-    message: str,
-    *,
-    limit: Any,
-    observed: Any,
-    agent: str | None,
-    hops: int,
-    scope: str = "thread",
-    node: str | None = None,
-) -> Trip:
-    """Build a trip record."""
-    return {
-        "kind": kind,
-        "message": message,
-        "limit": limit,
-        "observed": observed,
-        "agent": agent,
-        "node": node,
-        "ns": None,
-        "scope": scope,
-        "hop": hops,
-    }
+__all__ = ("check_deadline", "check_envelope", "check_hops")
 
 
 def check_hops(
-    ledger: Ledger, cap: HopCap, agent: str, siblings: int = 0, agent_siblings: int = 0
+    ledger: Ledger, cap: HopCap, *, agent: str, siblings: int = 0, agent_siblings: int = 0
 ) -> Trip | None:
     """Trip if the next step of ``agent`` would exceed the hop cap.
 
@@ -85,7 +62,7 @@ def check_hops(
     return None
 
 
-def check_deadline(ledger: Ledger, budget: Budget | None, agent: str, now: float) -> Trip | None:
+def check_deadline(ledger: Ledger, budget: Budget | None, *, agent: str, now: float) -> Trip | None:
     """Trip if the thread's wall-clock time is used up.
 
     ``now - started_at > seconds + grants["seconds"]``; the clock starts at the first
@@ -113,8 +90,9 @@ def check_deadline(ledger: Ledger, budget: Budget | None, agent: str, now: float
 
 def check_envelope(
     envelope: Envelope[Any] | Mapping[str, Any],
-    error: str | None,
     policy: EnvelopePolicy,
+    *,
+    error: str | None,
     agent: str,
     hops: int,
 ) -> Trip | None:

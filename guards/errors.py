@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .trips import LOOP_KINDS
+
 __all__ = (
-    "LOOP_KINDS",
     "BudgetExceeded",
     "ConfigurationError",
     "DeadlineExceeded",
@@ -164,19 +165,6 @@ class LoopDetected(GuardTripped):
 
     kind = "loop"
 
-
-LOOP_KINDS = frozenset(
-    (
-        "loop_repeat",
-        "loop_copy",
-        "loop_cycle",
-        "loop_near_duplicate",
-        "tool_repeat",
-        "tool_errors",
-        "no_progress",
-    )
-)
-"""The trip kinds of the loop detectors."""
 
 _BY_KIND: dict[str, type[GuardTripped]] = {
     "hop_cap": HopCapExceeded,

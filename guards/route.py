@@ -8,8 +8,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from langgraph.types import Send
 
 from .errors import ConfigurationError
-from .ledger import FANOUT_HOPS, read_ledger
-from .node import BRANCH_KEY
+from .ledger import BRANCH_KEY, FANOUT_HOPS, read_ledger
 from .policy import GuardPolicy
 
 __all__ = ("guard_route", "guard_sends", "is_tripped")

@@ -53,7 +53,7 @@ def _graph(saver: Any, journal: Journal, bill: Path, *, crash_after: int | None)
     usage = {"input_tokens": IN, "output_tokens": OUT, "total_tokens": IN + OUT}
     reply = AIMessage(content="doc", usage_metadata=cast(Any, usage))
     model = ScriptedChatModel([reply], model_name="gpt-4o", max_tokens=MAX, cycle=True)
-    policy = GuardPolicy(budget=Budget(usd=1, on_exhausted="end"), journal=journal)
+    policy = GuardPolicy(budget=Budget(usd=1, on_exhausted="end"))
 
     def researcher(state: State, config: RunnableConfig) -> dict[str, Any]:
         for n in range(1, 11):
@@ -70,7 +70,7 @@ def _graph(saver: Any, journal: Journal, bill: Path, *, crash_after: int | None)
     builder.add_node("owner", task_owner(policy), destinations=("researcher", END))
     builder.add_edge(START, "researcher")
     builder.add_conditional_edges("researcher", guard_route(END, policy=policy))
-    return builder.compile(checkpointer=saver)
+    return builder.compile(checkpointer=saver, journal=journal)
 
 
 def main(argv: list[str]) -> None:

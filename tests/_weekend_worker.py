@@ -4,7 +4,7 @@ Run as ``python _weekend_worker.py MODE POOL_DB CHECKPOINT_DB THREADS SYNC_DIR``
 one JSON line on stdout. MODE is ``threads`` (a thread pool of sync ``invoke``) or
 ``asyncio`` (``ainvoke`` under ``asyncio.gather``). Each conversation is a guarded loop
 whose researcher asks a scripted gpt-4o for ~$0.25 per call, six steps in all ($1.50),
-with ``Budget(pool=SharedBudget(...), on_exhausted="end")``. The worker waits for
+with ``Budget(on_exhausted="end")`` and ``compile(pool=SharedBudget(...))``. The worker waits for
 ``SYNC_DIR/go`` so both processes start together, and reports per conversation its
 status, its outcome's status, what its ledger says it spent, and the model calls made.
 """
@@ -57,7 +57,7 @@ def _model() -> ScriptedChatModel:
 
 
 def _graph(model: ScriptedChatModel, pool: SharedBudget, saver: Any, *, is_async: bool) -> Any:
-    policy = GuardPolicy(hops=STEPS, budget=Budget(pool=pool, on_exhausted="end"), owner="partial")
+    policy = GuardPolicy(hops=STEPS, budget=Budget(on_exhausted="end"), owner="partial")
 
     def researcher(state: State, config: RunnableConfig) -> dict[str, Any]:
         model.invoke([HumanMessage(f"research {state['topic']} {PAD}")], config)
@@ -72,7 +72,7 @@ def _graph(model: ScriptedChatModel, pool: SharedBudget, saver: Any, *, is_async
     builder.add_node("owner", task_owner(policy), destinations=("researcher", END))
     builder.add_edge(START, "researcher")
     builder.add_conditional_edges("researcher", guard_route("researcher", policy=policy))
-    return builder.compile(checkpointer=saver)
+    return builder.compile(checkpointer=saver, pool=pool)
 
 
 def _report(thread: str, values: dict[str, Any], model: ScriptedChatModel) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import math
 import re
 import threading
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -35,8 +34,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 
-from sanegraph.guards import _intake as intake_module
-from sanegraph.guards import _tokens as tokens_module
+from sanegraph.guards import Budget, GuardPolicy
+from sanegraph.guards._frozen import FrozenDict
 from sanegraph.guards.budget import (
     BudgetExceeded,
     BudgetMeter,
@@ -47,8 +46,10 @@ from sanegraph.guards.budget import (
     metering,
     price_call,
 )
+from sanegraph.guards.budget import check as intake_module
+from sanegraph.guards.budget import tokens as tokens_module
+from sanegraph.guards.budget.tokens import TokenCounter
 from sanegraph.guards.errors import ConfigurationError, GuardTripped
-from sanegraph.guards.policy import Budget, GuardPolicy
 from sanegraph.guards.testing import ScriptedChatModel, ScriptExhausted
 
 GENAI = genai_prices.__version__
@@ -92,9 +93,18 @@ def test_each_money_or_token_limit_counts_as_a_spend_limit(budget: Budget) -> No
     assert budget.has_spend_limits is True
 
 
-def test_a_number_still_coerces_to_a_deadline() -> None:
-    assert Budget.coerce(600) == Budget(seconds=600.0)
-    assert GuardPolicy(budget=30).budget == Budget(seconds=30.0)
+def test_a_bare_number_is_refused_as_ambiguous() -> None:
+    # budget=20 reads as $20 to one user and 20 seconds to another: say which.
+    with pytest.raises(
+        ConfigurationError,
+        match=re.escape(
+            "budget=20 is ambiguous: say what it limits, e.g. budget=Budget(usd=20) for "
+            "dollars or budget=Budget(seconds=20) for wall-clock time."
+        ),
+    ):
+        GuardPolicy(budget=20)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="ambiguous"):
+        Budget.coerce(600)  # type: ignore[arg-type]
 
 
 def test_per_agent_limits_and_prices_are_read_only_copies() -> None:
@@ -106,10 +116,10 @@ def test_per_agent_limits_and_prices_are_read_only_copies() -> None:
     limits["usd"] = 100.0
 
     assert budget.per_agent is not None and budget.per_agent["analyst"]["usd"] == 1.0
-    assert isinstance(budget.per_agent, MappingProxyType)
+    assert isinstance(budget.per_agent, FrozenDict)
     with pytest.raises(TypeError):
         budget.per_agent["analyst"]["usd"] = 2  # type: ignore[index]
-    assert isinstance(budget.prices, MappingProxyType)
+    assert isinstance(budget.prices, FrozenDict)
 
 
 @pytest.mark.parametrize(
@@ -332,11 +342,11 @@ def test_usd_limit_allows_exactly_the_limit_and_trips_one_micro_dollar_over() ->
     budget = Budget(usd=5)
     next_call = Spend(usd_micros=40_000, input_tokens=1000, output_tokens=500)
 
-    trip, _ = check_spend(Spend(usd_micros=4_960_000), next_call, budget, agent="analyst")
+    trip, _ = check_spend(Spend(usd_micros=4_960_000), next_call, budget=budget, agent="analyst")
     assert trip is None
 
     trip, warnings = check_spend(
-        Spend(usd_micros=4_960_001), next_call, budget, agent="analyst", hops=7
+        Spend(usd_micros=4_960_001), next_call, budget=budget, agent="analyst", hops=7
     )
     assert trip is not None and warnings == []
     assert trip["message"] == (
@@ -359,13 +369,16 @@ def test_a_usd_limit_is_read_exactly_despite_float_error() -> None:
     # 0.00397 * 1e6 == 3969.9999999999995 in floats; the limit is 3970 micro-dollars.
     budget = Budget(usd=0.00397)
 
-    assert check_spend(Spend(usd_micros=3000), Spend(usd_micros=970), budget, agent="a")[0] is None
-    assert check_spend(Spend(usd_micros=3000), Spend(usd_micros=971), budget, agent="a")[0]
+    assert (
+        check_spend(Spend(usd_micros=3000), Spend(usd_micros=970), budget=budget, agent="a")[0]
+        is None
+    )
+    assert check_spend(Spend(usd_micros=3000), Spend(usd_micros=971), budget=budget, agent="a")[0]
 
 
 def test_the_brief_example_message() -> None:
     trip, _ = check_spend(
-        Spend(usd_micros=4_980_000), Spend(usd_micros=40_000), Budget(usd=5), agent="analyst"
+        Spend(usd_micros=4_980_000), Spend(usd_micros=40_000), budget=Budget(usd=5), agent="analyst"
     )
 
     assert trip is not None
@@ -411,8 +424,8 @@ def test_token_limits_allow_the_limit_and_trip_one_token_over(
 ) -> None:
     spent = Spend(input_tokens=800, output_tokens=200)
 
-    assert check_spend(spent, at_limit, budget, agent="analyst")[0] is None
-    trip, _ = check_spend(spent, over, budget, agent="analyst")
+    assert check_spend(spent, at_limit, budget=budget, agent="analyst")[0] is None
+    trip, _ = check_spend(spent, over, budget=budget, agent="analyst")
 
     assert trip is not None and trip["message"] == message
     assert dict(trip)["limit_key"] == message.split("Budget.")[1].split("=")[0]
@@ -427,10 +440,15 @@ def test_per_agent_limits_read_that_agents_spend_only() -> None:
     next_call = Spend(usd_micros=20_000, input_tokens=100, output_tokens=100)
 
     assert (
-        check_spend(Spend(), next_call, budget, agent="analyst", spent_by_agent=by_agent)[0] is None
+        check_spend(Spend(), next_call, budget=budget, agent="analyst", spent_by_agent=by_agent)[0]
+        is None
     )
     trip, _ = check_spend(
-        Spend(usd_micros=51_000_000), next_call, budget, agent="researcher", spent_by_agent=by_agent
+        Spend(usd_micros=51_000_000),
+        next_call,
+        budget=budget,
+        agent="researcher",
+        spent_by_agent=by_agent,
     )
 
     assert trip is not None
@@ -447,10 +465,14 @@ def test_per_call_tokens_caps_one_projected_call() -> None:
     budget = Budget(per_call_tokens=4000)
 
     assert (
-        check_spend(Spend(), Spend(input_tokens=1000, output_tokens=3000), budget, agent="a")[0]
+        check_spend(
+            Spend(), Spend(input_tokens=1000, output_tokens=3000), budget=budget, agent="a"
+        )[0]
         is None
     )
-    trip, _ = check_spend(Spend(), Spend(input_tokens=1001, output_tokens=3000), budget, agent="a")
+    trip, _ = check_spend(
+        Spend(), Spend(input_tokens=1001, output_tokens=3000), budget=budget, agent="a"
+    )
 
     assert trip is not None
     assert trip["message"] == (
@@ -466,11 +488,11 @@ def test_grants_raise_the_limit_they_name() -> None:
     spent = Spend(usd_micros=5_000_000, input_tokens=100)
     next_call = Spend(usd_micros=1_000_000, input_tokens=50)
 
-    trip, _ = check_spend(spent, next_call, budget, agent="a", spent_by_agent={"a": spent})
+    trip, _ = check_spend(spent, next_call, budget=budget, agent="a", spent_by_agent={"a": spent})
     assert trip is not None and dict(trip)["limit_key"] == "usd"
 
     trip, _ = check_spend(
-        spent, next_call, budget, agent="a", spent_by_agent={"a": spent}, grants={"usd": 1}
+        spent, next_call, budget=budget, agent="a", spent_by_agent={"a": spent}, grants={"usd": 1}
     )
     assert trip is not None and dict(trip)["limit_key"] == "tokens:a"
     assert trip["limit"] == 100
@@ -478,7 +500,7 @@ def test_grants_raise_the_limit_they_name() -> None:
     trip, _ = check_spend(
         spent,
         next_call,
-        budget,
+        budget=budget,
         agent="a",
         spent_by_agent={"a": spent},
         grants={"usd": 1, "tokens:a": 50},
@@ -490,11 +512,14 @@ def test_warnings_fire_when_a_call_reaches_warn_at_and_only_once() -> None:
     budget = Budget(usd=4, tokens=1000, per_agent={"a": {"usd": 2}})
     next_call = Spend(usd_micros=1_000_000, input_tokens=10)
 
-    assert check_spend(Spend(usd_micros=1_999_999), next_call, budget, agent="a") == (None, [])
+    assert check_spend(Spend(usd_micros=1_999_999), next_call, budget=budget, agent="a") == (
+        None,
+        [],
+    )
     trip, warnings = check_spend(
         Spend(usd_micros=2_000_000),
         next_call,
-        budget,
+        budget=budget,
         agent="a",
         spent_by_agent={"a": Spend(usd_micros=500_000)},
     )
@@ -503,7 +528,7 @@ def test_warnings_fire_when_a_call_reaches_warn_at_and_only_once() -> None:
     _, warnings = check_spend(
         Spend(usd_micros=2_000_000),
         next_call,
-        budget,
+        budget=budget,
         agent="a",
         spent_by_agent={"a": Spend(usd_micros=500_000)},
         warned=["usd"],
@@ -515,7 +540,7 @@ def test_a_trip_reports_no_warnings() -> None:
     trip, warnings = check_spend(
         Spend(usd_micros=3_000_000, input_tokens=900),
         Spend(usd_micros=2_000_000),
-        Budget(usd=4, tokens=1000),
+        budget=Budget(usd=4, tokens=1000),
         agent="a",
     )
 
@@ -550,7 +575,9 @@ small_spends = st.builds(
 def test_check_spend_never_lets_a_limit_be_exceeded_without_tripping(
     budget: Budget, spent: Spend, by_agent: Spend, projected: Spend
 ) -> None:
-    trip, _ = check_spend(spent, projected, budget, agent="a", spent_by_agent={"a": by_agent})
+    trip, _ = check_spend(
+        spent, projected, budget=budget, agent="a", spent_by_agent={"a": by_agent}
+    )
     after, mine = spent + projected, by_agent + projected
     exceeded = [
         budget.usd is not None and after.usd_micros > round(budget.usd * 1_000_000),
@@ -613,7 +640,7 @@ def test_the_meters_gate_only_skips_checks_that_neither_trip_nor_warn(
     expected = check_spend(
         spent,
         projected,
-        budget,
+        budget=budget,
         agent="a",
         spent_by_agent={"a": before + own},
         grants=grants,
@@ -633,7 +660,7 @@ def test_the_meters_gate_only_skips_checks_that_neither_trip_nor_warn(
 
 def test_a_budget_trip_becomes_budget_exceeded() -> None:
     trip, _ = check_spend(
-        Spend(usd_micros=5_000_000), Spend(usd_micros=1), Budget(usd=5), agent="a"
+        Spend(usd_micros=5_000_000), Spend(usd_micros=1), budget=Budget(usd=5), agent="a"
     )
     assert trip is not None
 
@@ -884,7 +911,8 @@ def test_a_model_without_usage_is_refused_when_the_policy_says_so() -> None:
         usd=1, no_usage="refuse", prices={"no-usage-b": Price(input_per_mtok=1, output_per_mtok=1)}
     )
     records: list[dict[str, Any]] = []
-    meter = BudgetMeter(budget, agent="a", on_call=records.append)
+    refused: set[tuple[str | None, str]] = set()  # a run's meters share one set
+    meter = BudgetMeter(budget, agent="a", on_call=records.append, refused=refused)
 
     first = (
         "Model 'no-usage-b' (provider 'house') answered without usage_metadata and "
@@ -901,8 +929,10 @@ def test_a_model_without_usage_is_refused_when_the_policy_says_so() -> None:
         "reports usage, or set Budget(no_usage='estimate')."
     )
     with pytest.raises(ConfigurationError, match=re.escape(later)):
-        model.invoke("hello", config={"callbacks": [BudgetMeter(budget, agent="a")]})
-    assert model.call_count == 1
+        model.invoke(
+            "hello", config={"callbacks": [BudgetMeter(budget, agent="a", refused=refused)]}
+        )
+    assert model.call_count == 1 and refused == {("house", "no-usage-b")}
 
 
 def test_an_unknown_model_fails_at_its_first_call_before_it_is_made() -> None:
@@ -1092,11 +1122,12 @@ def test_a_batch_counts_as_the_sum_of_its_messages_plus_the_tools_once(
     tools_part = count_tokens_approximately([], tools=tools) if tools else 0
 
     assert whole == parts + tools_part
-    assert tokens_module.count_messages(batch) == parts  # counted, then cached
-    assert tokens_module.count_messages(batch) == parts  # from the cache
+    counter = TokenCounter()
+    assert counter.count(batch) == parts  # counted, then cached
+    assert counter.count(batch) == parts  # from the cache
     if tools:
-        assert tokens_module.count_tools(tools) == tools_part
-        assert tokens_module.count_tools(tools) == tools_part
+        assert counter.tools(tools) == tools_part
+        assert counter.tools(tools) == tools_part
 
 
 def _fresh(batch: list[BaseMessage]) -> int:
@@ -1111,19 +1142,20 @@ def test_a_cached_count_is_recounted_when_a_message_changes() -> None:
     blocks = AIMessage([{"type": "text", "text": "a list of blocks"}])
     system = SystemMessage("Be brief.")
     batch: list[BaseMessage] = [human, ai, tool, blocks, system]
-    assert tokens_module.count_messages(batch) == _fresh(batch)
+    counter = TokenCounter()
+    assert counter.count(batch) == _fresh(batch)
 
     human.content = "A much longer question about what is known about the topic?"
     ai.tool_calls = [*ai.tool_calls, {**call, "id": "call_2"}]  # a new list
     tool.tool_call_id = "call_1_with_a_longer_id"
     human.name = "a_named_user"
-    assert tokens_module.count_messages(batch) == _fresh(batch)
+    assert counter.count(batch) == _fresh(batch)
 
     ai.tool_calls.append({**call, "id": "call_3"})  # the same list, one more call
     cast_blocks: list[Any] = blocks.content  # type: ignore[assignment]
     cast_blocks.append({"type": "text", "text": "a second block, appended in place"})
     system.additional_kwargs["__openai_role__"] = "developer"
-    assert tokens_module.count_messages(batch) == _fresh(batch)
+    assert counter.count(batch) == _fresh(batch)
 
 
 def test_each_call_counts_only_the_messages_it_has_not_seen(
@@ -1152,20 +1184,34 @@ def test_each_call_counts_only_the_messages_it_has_not_seen(
 
 def test_the_tools_part_is_cached_for_the_same_list_of_the_same_tools() -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
-    first = tokens_module.count_tools(tools)
+    counter = TokenCounter()
+    first = counter.tools(tools)
     assert first == count_tokens_approximately([], tools=tools)
 
     tools.append({"type": "function", "function": {"name": "search_the_web", "parameters": {}}})
-    assert tokens_module.count_tools(tools) == count_tokens_approximately([], tools=tools) > first
+    assert counter.tools(tools) == count_tokens_approximately([], tools=tools) > first
 
 
-def test_the_count_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokens_module, "_COUNT_CACHE_SIZE", 8)
+def test_the_count_cache_is_bounded() -> None:
+    counter = TokenCounter(max_entries=8)
     batch: list[BaseMessage] = [HumanMessage(f"message {i}") for i in range(20)]
 
-    assert tokens_module.count_messages(batch) == _fresh(batch)
-    assert len(tokens_module._COUNTS) <= 8
-    assert tokens_module.count_messages(batch) == _fresh(batch)
+    assert counter.count(batch) == _fresh(batch)
+    assert len(counter) <= 8
+    assert counter.count(batch) == _fresh(batch)
+
+
+def test_the_count_cache_holds_no_message() -> None:
+    import gc
+    import weakref
+
+    counter = TokenCounter()
+    big = HumanMessage("x" * 200_000)
+    alive = weakref.ref(big)
+    assert counter.count([big]) == _fresh([big])
+    del big
+    gc.collect()
+    assert alive() is None  # the counter kept no strong reference
 
 
 # -- metering(): every call made in a context ---------------------------------------------
@@ -1243,7 +1289,7 @@ def test_updated_prices_reach_the_next_pricer() -> None:
     from genai_prices import data_snapshot
     from genai_prices.types import ModelPrice
 
-    from sanegraph.guards._pricing import pricer
+    from sanegraph.guards.budget.pricing import pricer
 
     old = data_snapshot.get_snapshot()
     assert pricer("openai", "gpt-4o-mini")(1000, 500) == 450

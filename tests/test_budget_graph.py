@@ -9,6 +9,7 @@ and the interrupt-and-top-up cycle resumed twice.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, cast
 
@@ -95,13 +96,13 @@ def _researcher(model: ScriptedChatModel, calls_per_step: int = 1) -> Callable[.
     return researcher
 
 
-def _loop_graph(agent: Any, policy: GuardPolicy, saver: Any) -> Any:
+def _loop_graph(agent: Any, policy: GuardPolicy, saver: Any, **resources: Any) -> Any:
     builder = GuardedStateGraph(State)
     builder.add_node("researcher", guarded(agent, policy))
     builder.add_node("owner", task_owner(policy), destinations=("researcher", END))
     builder.add_edge(START, "researcher")
     builder.add_conditional_edges("researcher", guard_route("researcher", policy=policy))
-    return builder.compile(checkpointer=saver)
+    return builder.compile(checkpointer=saver, **resources)
 
 
 # -- the runaway session ------------------------------------------------------------------
@@ -473,15 +474,24 @@ def test_a_blocked_call_is_not_logged_as_a_callback_error(
     assert [r for r in caplog.records if "Error in BudgetMeter" in r.getMessage()]
 
 
-# -- shared pools and journals in the policy --------------------------------------------------
+# -- shared pools and journals: resources, given to compile ----------------------------------
 
 
 def test_pool_and_journal_must_be_what_they_say() -> None:
-    with pytest.raises(ConfigurationError, match=r"Budget.pool must be a shared pool"):
-        Budget(pool=object())  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match=r"GuardPolicy.journal must have prior_calls"):
-        GuardPolicy(journal="runs/journal.sqlite")  # type: ignore[arg-type]
-    assert Budget(pool=_MemoryPool(1)).has_spend_limits
+    builder = GuardedStateGraph(State)
+    builder.add_node("researcher", lambda state: {})
+    builder.add_edge(START, "researcher")
+    with pytest.raises(ConfigurationError, match=r"compile\(pool=...\) must be a shared pool"):
+        builder.compile(pool=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"compile\(journal=...\) must have prior_calls"):
+        builder.compile(journal="runs/journal.sqlite")  # type: ignore[arg-type]
+
+
+def test_pool_and_journal_in_a_policy_say_where_they_moved() -> None:
+    with pytest.raises(ConfigurationError, match=re.escape("Budget(pool=...) moved")):
+        Budget(pool=_MemoryPool(1))
+    with pytest.raises(ConfigurationError, match=re.escape("GuardPolicy(journal=...) moved")):
+        GuardPolicy(journal="runs/journal.sqlite")
 
 
 class _MemoryPool:
@@ -507,7 +517,7 @@ def test_a_pool_trip_is_resumed_after_the_pool_is_raised(
     saver: BaseCheckpointSaver[Any], config: dict[str, Any]
 ) -> None:
     model, pool = _model(), _MemoryPool(1)
-    graph = _loop_graph(_researcher(model), GuardPolicy(hops=40, budget=Budget(pool=pool)), saver)
+    graph = _loop_graph(_researcher(model), GuardPolicy(hops=40, budget=Budget()), saver, pool=pool)
     graph.invoke({"topic": "tides"}, config)
     assert model.call_count == 4
     escalation = Escalation.model_validate(graph.get_state(config).interrupts[0].value)
@@ -578,8 +588,8 @@ def test_a_journal_records_every_guarded_step(tmp_path: Any, config: dict[str, A
 
     model = _model()
     with sqlite_saver(tmp_path / "runs.sqlite") as saver, Journal(saver) as journal:
-        policy = GuardPolicy(hops=3, journal=journal)  # no budget: steps only
-        graph = _loop_graph(_researcher(model), policy, saver)
+        policy = GuardPolicy(hops=3)  # no budget: steps only
+        graph = _loop_graph(_researcher(model), policy, saver, journal=journal)
         graph.invoke({"topic": "tides"}, config)
         steps = journal.steps(config["configurable"]["thread_id"])
         assert journal.calls(config["configurable"]["thread_id"]) == []

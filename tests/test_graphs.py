@@ -23,7 +23,6 @@ from sanegraph.graphs import (
 )
 from sanegraph.graphs.owner import add_task_owner as add_task_owner_in_module
 from sanegraph.guards import (
-    BRANCH_KEY,
     ConfigurationError,
     Escalation,
     GuardedState,
@@ -31,10 +30,10 @@ from sanegraph.guards import (
     envelopes_of,
     guard_route,
     guarded,
-    new_ledger,
     outcome_of,
     read_ledger,
 )
+from sanegraph.guards.ledger import BRANCH_KEY, new_ledger
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
 NEED_MORE = "I need more context"

@@ -29,20 +29,19 @@ from sanegraph.guards import (
     HopCapExceeded,
     InvalidDecision,
     OwnerPolicy,
-    check_deadline,
-    check_envelope,
-    check_hops,
-    coerce_envelope,
     envelopes_of,
-    fold_ledger,
     guard_route,
     guard_sends,
     guarded,
-    new_ledger,
     outcome_of,
     read_ledger,
     task_owner,
 )
+from sanegraph.guards._scope import SCOPE_KEY, RunScope
+from sanegraph.guards.checks import check_deadline, check_envelope, check_hops
+from sanegraph.guards.envelope import coerce_envelope
+from sanegraph.guards.ledger import new_ledger
+from sanegraph.guards.reducer import fold_ledger
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
 
@@ -66,8 +65,8 @@ def ledger_with(**values: Any) -> Any:
 
 def test_hop_cap_trips_only_when_the_next_hop_would_exceed() -> None:
     cap = HopCap(max_hops=3)
-    assert check_hops(ledger_with(hops=2), cap, "a") is None
-    trip = check_hops(ledger_with(hops=3), cap, "a")
+    assert check_hops(ledger_with(hops=2), cap, agent="a") is None
+    trip = check_hops(ledger_with(hops=3), cap, agent="a")
     assert trip is not None
     assert (trip["kind"], trip["limit"], trip["observed"], trip["agent"]) == ("hop_cap", 3, 4, "a")
     assert trip["message"] == (
@@ -77,39 +76,43 @@ def test_hop_cap_trips_only_when_the_next_hop_would_exceed() -> None:
 
 
 def test_granted_hops_raise_the_cap() -> None:
-    assert check_hops(ledger_with(hops=3, grants={"hops": 2}), HopCap(max_hops=3), "a") is None
+    assert (
+        check_hops(ledger_with(hops=3, grants={"hops": 2}), HopCap(max_hops=3), agent="a") is None
+    )
 
 
 def test_per_agent_cap() -> None:
     cap = HopCap(max_hops=10, per_agent={"analyst": 2})
-    assert check_hops(ledger_with(hops=5, by_agent={"analyst": 1}), cap, "analyst") is None
-    trip = check_hops(ledger_with(hops=5, by_agent={"analyst": 2}), cap, "analyst")
+    assert check_hops(ledger_with(hops=5, by_agent={"analyst": 1}), cap, agent="analyst") is None
+    trip = check_hops(ledger_with(hops=5, by_agent={"analyst": 2}), cap, agent="analyst")
     assert trip is not None and trip["scope"] == "agent" and trip["limit"] == 2
-    assert check_hops(ledger_with(hops=5, by_agent={"analyst": 2}), cap, "writer") is None
+    assert check_hops(ledger_with(hops=5, by_agent={"analyst": 2}), cap, agent="writer") is None
     granted = ledger_with(hops=5, by_agent={"analyst": 2}, grants={"hops:analyst": 1})
-    assert check_hops(granted, cap, "analyst") is None
+    assert check_hops(granted, cap, agent="analyst") is None
 
 
 def test_deadline_counts_from_the_first_step() -> None:
     budget = Budget(seconds=10)
-    assert check_deadline(ledger_with(started_at=None), budget, "a", 1e9) is None
-    assert check_deadline(ledger_with(started_at=100.0), budget, "a", 110.0) is None
-    trip = check_deadline(ledger_with(started_at=100.0), budget, "a", 110.5)
+    assert check_deadline(ledger_with(started_at=None), budget, agent="a", now=1e9) is None
+    assert check_deadline(ledger_with(started_at=100.0), budget, agent="a", now=110.0) is None
+    trip = check_deadline(ledger_with(started_at=100.0), budget, agent="a", now=110.5)
     assert trip is not None and trip["kind"] == "deadline" and trip["observed"] == 10.5
     assert (
-        check_deadline(ledger_with(started_at=100.0, grants={"seconds": 1}), budget, "a", 110.5)
+        check_deadline(
+            ledger_with(started_at=100.0, grants={"seconds": 1}), budget, agent="a", now=110.5
+        )
         is None
     )
-    assert check_deadline(ledger_with(started_at=0.0), None, "a", 1e9) is None
+    assert check_deadline(ledger_with(started_at=0.0), None, agent="a", now=1e9) is None
 
 
 def test_envelope_checks() -> None:
     good, _ = coerce_envelope({"status": "success", "result": 1, "confidence": 0.4})
-    assert check_envelope(good, None, EnvelopePolicy(), "a", 1) is None
-    low = check_envelope(good, None, EnvelopePolicy(min_confidence=0.5), "a", 1)
+    assert check_envelope(good, EnvelopePolicy(), error=None, agent="a", hops=1) is None
+    low = check_envelope(good, EnvelopePolicy(min_confidence=0.5), error=None, agent="a", hops=1)
     assert low is not None and low["kind"] == "low_confidence" and low["observed"] == 0.4
     bad, error = coerce_envelope("I need more context")
-    trip = check_envelope(bad, error, EnvelopePolicy(), "a", 1)
+    trip = check_envelope(bad, EnvelopePolicy(), error=error, agent="a", hops=1)
     assert trip is not None and trip["kind"] == "invalid_envelope"
     assert bad.status == "failed"
 
@@ -135,7 +138,7 @@ def test_bad_configuration_says_what_to_change(build: Any, message: str) -> None
 
 
 def test_policy_shorthand() -> None:
-    policy = GuardPolicy(hops=5, budget=30, owner="escalate")
+    policy = GuardPolicy(hops=5, budget=Budget(seconds=30), owner="escalate")
     assert policy.hops == HopCap(max_hops=5)
     assert policy.budget == Budget(seconds=30)
     assert policy.owner.action_for("hop_cap") == "escalate"
@@ -407,7 +410,7 @@ def test_deadline_escalation_needs_extra_seconds(config: Any) -> None:
 def test_an_unrouted_trip_raises_instead_of_looping(config: Any) -> None:
     calls = Calls()
     policy = GuardPolicy(hops=2)
-    b = StateGraph(State)
+    b = GuardedStateGraph(State)
     b.add_node("researcher", guarded(calls.researcher, policy, name="researcher"))
     b.add_node("analyst", guarded(calls.analyst, policy, name="analyst"))
     b.add_edge(START, "researcher")
@@ -436,7 +439,7 @@ def test_guarding_adds_no_superstep(config: Any) -> None:
         return {"n": state.get("n", 0) + 1, "envelope": {"status": "success", "result": 1}}
 
     def chain(wrap: bool) -> int:
-        b = StateGraph(Plain)
+        b = GuardedStateGraph(Plain)
         for name in ("a", "b", "c"):
             b.add_node(name, guarded(bump, name=name) if wrap else bump)
         b.add_edge(START, "a")
@@ -576,8 +579,9 @@ def test_unrouted_deadline_surfaces_as_deadline_exceeded() -> None:
         {}, {"trip": {"kind": "deadline", "message": "late", "hop": 0, "agent": "a"}}
     )
     node = guarded(lambda s: {"status": "success"}, name="a")
+    config = {"metadata": {"langgraph_node": "a"}, "configurable": {SCOPE_KEY: RunScope()}}
     with pytest.raises(DeadlineExceeded, match="late"):
-        node({"guard": ledger}, {"metadata": {"langgraph_node": "a"}}, None)
+        node({"guard": ledger}, config, None)
     assert issubclass(DeadlineExceeded, GuardTripped) and issubclass(GuardTripped, RuntimeError)
 
 

@@ -19,9 +19,8 @@ from langgraph.types import Send
 
 from sanegraph.checkpoints import Journal, TaskKey, async_sqlite_saver, sqlite_saver
 from sanegraph.checkpoints.journal import CALLS_TABLE, STEPS_TABLE
-from sanegraph.guards import ConfigurationError
+from sanegraph.guards import Budget, ConfigurationError
 from sanegraph.guards.budget import BudgetMeter, Spend, SpendJournal, metering
-from sanegraph.guards.policy import Budget
 from sanegraph.guards.testing import ScriptedChatModel
 
 TASK = TaskKey(thread_id="t1", checkpoint_ns="agent:abc", checkpoint_id="c1", task_id="abc")

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from langchain_core.runnables.config import var_child_runnable_config
 
-from sanegraph.guards import (
-    DEFAULT_WINDOW,
-    MAX_ENVELOPES,
-    MAX_RECENT,
-    MAX_TRIPS,
-    Ledger,
-    fold_ledger,
-    make_trip,
-    new_ledger,
-    read_ledger,
-)
-
-
-@contextmanager
-def in_subgraph(ns: str = "sub:1") -> Iterator[None]:
-    """Fold as a subgraph's reducer does: inside the task that runs the subgraph."""
-    token = var_child_runnable_config.set({"configurable": {"checkpoint_ns": ns}})
-    try:
-        yield
-    finally:
-        var_child_runnable_config.reset(token)
+from sanegraph.guards import Ledger, read_ledger
+from sanegraph.guards._scope import RunScope
+from sanegraph.guards.ledger import DEFAULT_WINDOW, MAX_ENVELOPES, MAX_RECENT, MAX_TRIPS, new_ledger
+from sanegraph.guards.reducer import fold_ledger
+from sanegraph.guards.trips import make_trip
 
 
 def step(agent: str, parent: str, *, fp: str = "f", sane: bool = True, hop: int = 1, **kw: Any):
@@ -135,11 +116,10 @@ def test_window_size_can_be_set_by_a_delta() -> None:
 
 def test_a_subgraph_hands_back_only_what_it_added() -> None:
     parent = fold_all([step("a", "c1"), step("b", "c2")])
-    with in_subgraph():
-        # Entering the subgraph: its empty channel adopts the parent's ledger.
-        child = fold_ledger({}, parent)
-        assert child["hops"] == 2
-        child = fold_all([step("x", "s1", fp="x1"), step("y", "s2", fp="y1")], child)
+    # Entering the subgraph: its empty channel adopts the parent's ledger.
+    child = fold_ledger({}, parent)
+    assert child["hops"] == 2
+    child = fold_all([step("x", "s1", fp="x1"), step("y", "s2", fp="y1")], child)
     # Meanwhile a sibling branch in the parent added a hop.
     parent = fold_ledger(parent, step("c", "c3"))
     merged = fold_ledger(parent, child)
@@ -150,9 +130,8 @@ def test_a_subgraph_hands_back_only_what_it_added() -> None:
 
 def test_two_parallel_subgraphs_both_count() -> None:
     parent = fold_all([step("a", "c1")])
-    with in_subgraph():
-        one = fold_all([step("x", "s1"), step("x", "s2")], fold_ledger({}, parent))
-        two = fold_all([step("y", "t1")], fold_ledger({}, parent))
+    one = fold_all([step("x", "s1"), step("x", "s2")], fold_ledger({}, parent))
+    two = fold_all([step("y", "t1")], fold_ledger({}, parent))
     merged = fold_ledger(fold_ledger(parent, one), two)
     assert merged["hops"] == 4
     assert merged["by_agent"] == {"a": 1, "x": 2, "y": 1}
@@ -161,29 +140,29 @@ def test_two_parallel_subgraphs_both_count() -> None:
 def test_a_subgraph_that_tripped_hands_the_trip_back() -> None:
     parent = fold_all([step("a", "c1")])
     trip = make_trip("hop_cap", "cap", limit=2, observed=3, agent="x", hops=2)
-    with in_subgraph():
-        child = fold_all(
-            [{"agent": "x", "parent": "s1", "trip": trip, "sane": False}], fold_ledger({}, parent)
-        )
+    child = fold_all(
+        [{"agent": "x", "parent": "s1", "trip": trip, "sane": False}], fold_ledger({}, parent)
+    )
     merged = fold_ledger(parent, child)
     assert merged["status"] == "tripped"
     assert merged["trip_count"] == 1
     assert merged["step_sane"] is False
 
 
-def test_nested_subgraphs_and_an_empty_root() -> None:
-    with in_subgraph("sub:1"):
-        outer = fold_ledger({}, {})  # entered from a root that has no ledger yet
-        outer = fold_ledger(outer, step("x", "s1"))
-        with in_subgraph("sub:1|inner:2"):
-            inner = fold_all([step("y", "i1"), step("y", "i2")], fold_ledger({}, outer))
-        outer = fold_ledger(outer, inner)
-    assert outer["hops"] == 3
-    sibling = fold_all([step("z", "t1")], fold_ledger({}, {}))
-    sibling["depth"] = 1  # as if made inside a second, parallel subgraph
-    root = fold_ledger(fold_ledger({}, outer), sibling)  # the root's first writes
-    assert root["hops"] == 4
+def test_nested_subgraphs_fold_back_level_by_level() -> None:
+    root = fold_ledger({}, {"reset_window": True})  # GuardedStateGraph's first write
     assert root["depth"] == 0
+    outer = fold_ledger({}, root)  # entering a subgraph
+    assert outer["depth"] == 1
+    outer = fold_ledger(outer, step("x", "s1"))
+    inner = fold_all([step("y", "i1"), step("y", "i2")], fold_ledger({}, outer))
+    assert inner["depth"] == 2
+    outer = fold_ledger(outer, inner)
+    assert outer["hops"] == 3
+    sibling = fold_all([step("z", "t1")], fold_ledger({}, root))  # a parallel subgraph
+    merged = fold_ledger(fold_ledger(root, outer), sibling)
+    assert merged["hops"] == 4
+    assert merged["depth"] == 0
 
 
 def test_a_previous_result_passed_in_again_changes_nothing() -> None:
@@ -193,8 +172,7 @@ def test_a_previous_result_passed_in_again_changes_nothing() -> None:
 
 def test_a_failed_step_inside_a_subgraph_makes_the_parent_step_insane() -> None:
     parent = fold_all([step("a", "c1")])
-    with in_subgraph():
-        child = fold_all([step("x", "s1", sane=False), step("x", "s2")], fold_ledger({}, parent))
+    child = fold_all([step("x", "s1", sane=False), step("x", "s2")], fold_ledger({}, parent))
     assert child["step_sane"] is True
     merged = fold_ledger(parent, child)
     assert merged["step_sane"] is False
@@ -227,9 +205,8 @@ def test_spend_is_summed_in_total_and_per_agent() -> None:
         "output_tokens": 10,
     }
     assert ledger["warned"] == ["tokens", "usd"]
-    with in_subgraph():
-        child = fold_ledger({}, ledger)
-        child = fold_ledger(child, step("x", "s1", spend={"usd_micros": 100}))
+    child = fold_ledger({}, ledger)
+    child = fold_ledger(child, step("x", "s1", spend={"usd_micros": 100}))
     merged = fold_ledger(fold_ledger(ledger, step("b", "c4", spend={"usd_micros": 1})), child)
     assert merged["spent"]["usd_micros"] == 114
     assert merged["spent_by_agent"]["x"] == {"usd_micros": 100}
@@ -255,9 +232,8 @@ def test_envelopes_keep_the_newest_per_key_and_stay_bounded() -> None:
 
 def test_a_subgraph_hands_back_only_the_envelopes_it_wrote() -> None:
     parent = fold_all([{"envelope": ["a", {"status": "partial"}]}])
-    with in_subgraph():
-        child = fold_ledger({}, parent)
-        child = fold_ledger(child, {"envelope": ["x", {"status": "success"}]})
+    child = fold_ledger({}, parent)
+    child = fold_ledger(child, {"envelope": ["x", {"status": "success"}]})
     parent = fold_ledger(parent, {"envelope": ["a", {"status": "success"}]})  # a sibling
     merged = fold_ledger(parent, child)
     assert merged["envelopes"] == {"a": {"status": "success"}, "x": {"status": "success"}}
@@ -313,32 +289,40 @@ def test_every_permutation_of_a_small_superstep_agrees() -> None:
     assert len(results) == 1
 
 
-def test_folding_the_same_write_twice_reuses_the_first_result() -> None:
-    # LangGraph folds each write twice (the edge's fresh read, then the superstep's end).
+def test_the_reducer_is_a_pure_function_of_its_two_arguments() -> None:
+    # LangGraph folds each write twice (the edge's fresh read, then the superstep's end):
+    # the same arguments give the same ledger, and neither argument is changed.
     ledger = fold_ledger({}, {"agent": "a", "hop": 1})
     delta: dict[str, Any] = {"agent": "a", "hop": 1, "fp": "x"}
+    before = (repr(ledger), repr(delta))
     first = fold_ledger(ledger, delta)
-    assert fold_ledger(ledger, delta) is first
-    assert first["hops"] == 2 and ledger["hops"] == 1  # nothing was mutated
-    # An equal but distinct write is folded again.
-    again = fold_ledger(ledger, dict(delta))
-    assert again is not first and again == first
+    assert fold_ledger(ledger, delta) == first
+    assert first["hops"] == 2 and (repr(ledger), repr(delta)) == before
+    # No context is read: folding under any runnable config gives the same result.
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    token = var_child_runnable_config.set({"configurable": {"checkpoint_ns": "sub:1|x:2"}})
+    try:
+        assert fold_ledger(ledger, delta) == first
+        assert fold_ledger({}, ledger)["depth"] == ledger["depth"] + 1
+    finally:
+        var_child_runnable_config.reset(token)
 
 
-# -- live hop counts of parallel branches (guards/_fanout.py) -------------------------------
+# -- live hop counts of parallel branches (guards/_scope.py) --------------------------------
 
 
 def test_branches_see_their_siblings_hops_past_the_ones_guard_sends_charged() -> None:
     from types import SimpleNamespace
 
-    from sanegraph.guards._fanout import branch_of
+    scope = RunScope()
 
     def step(index: int, name: str) -> Any:
         # A subgraph step of branch `name`, whose ledger guard_sends charged `index` hops.
         info = SimpleNamespace(checkpoint_ns=f"{name}|work:x", checkpoint_id="inner")
         config = {"configurable": {"checkpoint_map": {"": "root-1", name: "inner"}}}
         ledger = {"base": {"hops": 3 + index, "fanout_index": index}}
-        branch = branch_of(ledger, info, config)
+        branch = scope.branch_of(ledger, info, config)
         assert branch is not None
         return branch
 
@@ -363,7 +347,7 @@ def test_branches_see_their_siblings_hops_past_the_ones_guard_sends_charged() ->
     second.release("work")
     assert first.claim("work", seen) == (0, 0)
     # Another superstep (another root checkpoint) starts from nothing.
-    other = branch_of(
+    other = scope.branch_of(
         {"base": {"hops": 3, "fanout_index": 0}},
         SimpleNamespace(checkpoint_ns="sub:a|work:y", checkpoint_id="inner"),
         {"configurable": {"checkpoint_map": {"": "root-2"}}},
@@ -374,13 +358,13 @@ def test_branches_see_their_siblings_hops_past_the_ones_guard_sends_charged() ->
 def test_top_level_branches_of_one_node_see_its_hops_past_the_charged_ones() -> None:
     from types import SimpleNamespace
 
-    from sanegraph.guards._fanout import branch_of
+    scope = RunScope()
 
     def step(index: int, task: str) -> Any:
         info = SimpleNamespace(checkpoint_ns=f"worker:{task}", checkpoint_id="root-4")
         # guard_sends' view: hops and the node's count charged for earlier siblings.
         ledger = {"hops": 3 + index, "fanout_hops": 3, "by_agent": {"worker": index}}
-        branch = branch_of(ledger, info, {})
+        branch = scope.branch_of(ledger, info, {})
         assert branch is not None
         return branch
 
@@ -392,11 +376,11 @@ def test_top_level_branches_of_one_node_see_its_hops_past_the_charged_ones() -> 
 def test_a_step_outside_any_fan_out_has_no_branch() -> None:
     from types import SimpleNamespace
 
-    from sanegraph.guards._fanout import branch_of
+    scope = RunScope()
 
     top = SimpleNamespace(checkpoint_ns="lead:x", checkpoint_id="root-3")
-    assert branch_of({"hops": 2}, top, {}) is None
-    assert branch_of({"hops": 2}, None, {}) is None
+    assert scope.branch_of({"hops": 2}, top, {}) is None
+    assert scope.branch_of({"hops": 2}, None, {}) is None
     # A top-level branch of guard_sends: its index is its view's charge.
-    branch = branch_of({"hops": 5, "fanout_hops": 3}, top, {})
+    branch = scope.branch_of({"hops": 5, "fanout_hops": 3}, top, {})
     assert branch is not None and (branch.name, branch.index) == ("lead:x", 2)

@@ -40,13 +40,13 @@ from sanegraph.guards import (
     outcome_of,
     read_ledger,
 )
-from sanegraph.guards.errors import LOOP_KINDS
 from sanegraph.guards.testing import (
     ScriptedChatModel,
     async_scripted_agent,
     envelope_message,
     scripted_agent,
 )
+from sanegraph.guards.trips import LOOP_KINDS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _texts import ASKS, DRAFTS

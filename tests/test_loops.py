@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from sanegraph.guards import DEFAULT_WINDOW, ConfigurationError
-from sanegraph.guards._similarity import normalize, short_hash
+from sanegraph.guards import ConfigurationError
+from sanegraph.guards.ledger import DEFAULT_WINDOW
 from sanegraph.guards.loops import (
     ENTRY_FIELDS,
     LoopPolicy,
@@ -26,6 +26,7 @@ from sanegraph.guards.loops import (
     check_loops,
     step_entry,
 )
+from sanegraph.guards.loops.similarity import normalize, short_hash
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _texts import ASKS, DRAFTS

@@ -136,8 +136,8 @@ def test_public_module_defines_a_tuple_all(path: Path) -> None:
 
 def test_docstring_rule_catches_an_undocumented_constant() -> None:
     """The alias/constant branch of the rule reads the defining module, through re-exports."""
-    assert _attribute_docstring("sanegraph.guards", "BRANCH_KEY")
-    assert _attribute_docstring("sanegraph.guards.node", "_ENVELOPE_KEYS") is None
+    assert _attribute_docstring("sanegraph.guards.ledger", "BRANCH_KEY")
+    assert _attribute_docstring("sanegraph.guards._step", "_ENVELOPE_KEYS") is None
 
 
 # -- the wheel --------------------------------------------------------------------------

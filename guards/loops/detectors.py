@@ -1,21 +1,21 @@
-"""Loop detection internals: the detectors, as pure functions over window entries, and
-the trips they make.
+"""The loop detectors: pure functions over window entries, and the trips they make.
 
-The public side is :mod:`sanegraph.guards.loops`. Every detector scans the window once:
-O(window) per step, whatever the thread's history.
+:func:`check_loops` runs every enabled detector for a new step. Every detector scans the
+window once: O(window) per step, whatever the thread's history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._loopsteps import AGENT, FP, HOP, OUT, SIM, SIZE, STALL, TEXT, TOOLS, tool_part
-from .ledger import Trip
+from ..trips import Trip, make_trip
+from .policy import LoopDetector, LoopPolicy
+from .steps import tool_part
+from .window import AGENT, FP, HOP, OUT, SIM, SIZE, STALL, TEXT, TOOLS
 
-if TYPE_CHECKING:
-    from .loops import LoopDetector, LoopPolicy
+__all__ = ("check_loops",)
 
 MAX_STEPS = 8
 """Steps shown in a trip."""
@@ -251,9 +251,6 @@ def _trip(
     scope: str,
     steps: list[dict[str, Any]],
 ) -> Trip:
-    # Imported here: checks imports policy, which imports this module.
-    from .checks import make_trip
-
     trip = make_trip(
         kind, message, limit=limit, observed=observed, agent=agent, hops=hops, scope=scope
     )
@@ -281,10 +278,10 @@ def _fresh(window: Sequence[Row], fp: str) -> bool:
     return True
 
 
-def check(
+def _check(
     window: Sequence[Row], entry: Row, policy: LoopPolicy, agent: str, hops: int
 ) -> Trip | None:
-    """The body of ``loops.check_loops``: every enabled detector, in order."""
+    """The body of :func:`check_loops`: every enabled detector, in order."""
     # A step whose fingerprint no step in the window has repeats nothing and closes no
     # cycle: both need an earlier step with its agent and fingerprint.
     fresh = _fresh(window, entry[FP])
@@ -447,3 +444,40 @@ def check(
             steps=show(stalled),
         )
     return None
+
+
+def check_loops(
+    window: Sequence[Sequence[Any]],
+    entry: Sequence[Any],
+    *,
+    policy: LoopPolicy,
+    agent: str,
+    hops: int,
+) -> Trip | None:
+    """Run every enabled detector for a new step; return the first trip, or None.
+
+    The detectors run in this order: tool repeat, tool errors, repeat, copy, cycle,
+    near-duplicate, no progress. Each scans the window once: the cost per step is
+    O(window), not O(history). Entries of another layout (e.g. written by an older
+    version) are skipped.
+
+    Args:
+        window: The ledger's window before this step, oldest first.
+        entry: The step's entry, from :func:`step_entry`.
+        policy: The loop policy.
+        agent: The agent whose step this is.
+        hops: The step's hop, recorded in the trip.
+
+    Returns:
+        A trip with the extra keys ``detector`` (a :data:`LoopDetector`) and ``steps``
+        (the repeating steps, oldest first, as ``{"agent", "hop", "fp", "text"}``), or
+        None.
+
+    Example:
+        ```python
+        trip = check_loops(ledger["window"], entry, policy=policy, agent="analyst", hops=5)
+        if trip is not None:
+            print(trip["detector"], [s["hop"] for s in trip["steps"]])
+        ```
+    """
+    return _check(window, entry, policy, agent, hops)

@@ -29,58 +29,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, Decimal
 from functools import partial
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, cast
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
-__all__ = ("AgentLimits", "ExhaustedAction", "NoUsage", "Price", "Pricer", "price_call", "pricer")
-
-ExhaustedAction = Literal["interrupt", "end", "raise"]
-"""What happens when a budget limit would be exceeded (the call is never made).
-
-- ``"interrupt"``: the task owner pauses the run at a checkpoint with ``interrupt()`` and a
-  typed payload (spent, limit, by agent, projected next call); a human resumes it with a
-  decision: raise the budget and continue, accept the best partial result, or abort.
-- ``"end"``: the owner finishes the run with the best partial result (status ``done``).
-- ``"raise"``: the owner raises :class:`~sanegraph.guards.errors.BudgetExceeded` out of
-  ``invoke``; the checkpoint before the owner is kept.
-"""
-
-NoUsage = Literal["estimate", "refuse"]
-"""What to do with a model whose answers carry no ``usage_metadata``.
-
-- ``"estimate"``: count the call's tokens with langchain-core's
-  ``count_tokens_approximately`` (input messages and the answer), price that, and mark the
-  call as estimated. Never free.
-- ``"refuse"``: record the estimated spend of the call that revealed it, then raise
-  :class:`~sanegraph.guards.ConfigurationError`; later calls to that model (same provider
-  and model name, in this process) are refused before they are made.
-"""
-
-AGENT_LIMIT_KEYS = ("usd", "tokens", "input_tokens", "output_tokens")
-"""The limits an agent may have in ``Budget.per_agent``."""
-
-
-class AgentLimits(TypedDict, total=False):
-    """One agent's limits in ``Budget.per_agent``; give at least one.
-
-    Each is checked like the thread's limit of the same name, against what that agent
-    spent in the thread: ``spent_by_agent + next call > limit``.
-
-    Example:
-        ```python
-        Budget(usd=5, per_agent={"researcher": {"usd": 1.0, "tokens": 50_000}})
-        ```
-    """
-
-    usd: float
-    """US dollars the agent may spend."""
-    tokens: int
-    """Input plus output tokens the agent may use."""
-    input_tokens: int
-    """Input tokens the agent may use."""
-    output_tokens: int
-    """Output tokens the agent may use."""
+__all__ = ("Price", "Pricer", "price_call", "pricer")
 
 
 def _price_number(name: str, value: Any) -> Decimal:

@@ -1,7 +1,5 @@
-"""Loop detection internals: the window entry layout, and what one step shows (its tool
-calls with their results, its request, its progress).
-
-The public side is :mod:`sanegraph.guards.loops`; the detectors are in ``_loopdetect``.
+"""What one step shows the loop detectors: its tool calls with their results, its
+request, its progress. Pure functions over messages and state.
 """
 
 from __future__ import annotations
@@ -11,26 +9,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._similarity import normalize, short_hash, text_of
-
-ENTRY_FIELDS = ("agent", "fp", "hop", "out", "sim", "tools", "progress", "stalls", "text")
-"""The positions of a window entry (a JSON-ready list of str and int, never None):
-
-- ``agent`` (str), ``fp`` (str): the agent and its action fingerprint (12 hex, ``""`` if its
-  fingerprint covers nothing);
-- ``hop`` (int): the hop of the step (parallel steps of one superstep share it);
-- ``out`` (str): hash of the normalized result, ``""`` for a result under 16 characters;
-- ``sim`` (str): the near-duplicate signature (``""`` when the detector is off or the
-  text has fewer than three words);
-- ``tools`` (str): the tool calls seen, space-separated ``name:args:result:call`` tokens
-  (hashes; ``result`` is ``""`` while pending and starts with ``!`` for an error);
-- ``progress`` (str): hash of what changed in the watched state (``""``: nothing);
-- ``stalls`` (int): the stall count after the step;
-- ``text`` (str): at most 60 characters of the step's result or reason, for people.
-"""
-
-AGENT, FP, HOP, OUT, SIM, TOOLS, PROG, STALL, TEXT = range(len(ENTRY_FIELDS))
-SIZE = len(ENTRY_FIELDS)
+from .similarity import normalize, short_hash, text_of
+from .window import PROG, SIZE, TOOLS
 
 _MAX_TOOLS = 8
 """Tool calls kept per entry (the last ones)."""

@@ -1,54 +1,25 @@
-"""Loop detection: deterministic detectors over the ledger's window of recent steps.
+"""``LoopPolicy``: which loop detectors run, and their limits. Plain data.
 
-LangGraph's ``recursion_limit`` stops a loop only after thousands of steps and starts
-again on every resume. :class:`LoopPolicy` stops it within a few repetitions, from what
-the ledger already keeps: a bounded window of step entries. Each finished step becomes one
-entry (:func:`step_entry`), and :func:`check_loops` runs every enabled detector for the new
-entry against the window, in O(window) time whatever the length of the thread's history:
-
-- ``repeat``: the same agent takes the same action ``max_repeats`` times;
-- ``copy``: the same result is passed on unchanged between agents ``max_copies`` times;
-- ``cycle``: a sequence of steps of two or more agents (A→B→A→B, A→B→C→A→B→C, ...)
-  repeats with the same content ``max_cycles`` times;
-- ``near_duplicate``: the same agent says nearly the same thing (re-asks in slightly
-  different words) ``max_near_duplicates`` times;
-- ``tool_repeat``: a tool is called with the same arguments, and answers the same, more than
-  ``max_tool_repeats`` times; ``tool_errors``: a tool returns errors more than
-  ``max_tool_errors`` times in a row;
-- ``no_progress``: the watched state has not changed for ``max_stalls`` steps.
-
-A trip is a ledger :class:`~sanegraph.guards.Trip` like any other (routed to the task
-owner), with two more keys: ``detector`` (a :data:`LoopDetector`) and ``steps``, the
-repeating steps as ``{"agent", "hop", "fp", "text"}`` dicts, so the owner and a human can see
-the loop.
-
-All loop state lives in the window entries (each carries the stall count after it), so
-folding, checkpointing and rolling back the ledger's window is all the bookkeeping there is.
+The detectors are in :mod:`.detectors`; what one step contributes to the window is built
+in :mod:`.entry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from . import _loopdetect as _ld
-from . import _loopsteps as _st
-from ._loopsteps import ENTRY_FIELDS
-from ._similarity import MinHash, normalize, short_hash, text_of
-from .errors import ConfigurationError
-from .ledger import DEFAULT_WINDOW, Trip
+from .._frozen import FrozenDict
+from ..errors import ConfigurationError
+from ..ledger import DEFAULT_WINDOW
+from .similarity import MinHash
 
 __all__ = (
-    "ENTRY_FIELDS",
     "FingerprintPart",
     "LoopDetector",
     "LoopPolicy",
-    "MinHash",
     "Similarity",
-    "check_loops",
-    "step_entry",
 )
 
 FingerprintPart = Literal["output", "tool_calls", "request"]
@@ -71,10 +42,6 @@ LoopDetector = Literal[
 ``"tool_repeat"``, ``"tool_errors"`` or ``"no_progress"`` respectively."""
 
 _PARTS: tuple[FingerprintPart, ...] = ("output", "tool_calls", "request")
-_MIN_COPY = 16
-"""Shorter results ("ok", "done") are not counted as copies: agents agree on them."""
-_BRANCH_KEY = "sanegraph_branch"
-"""``node.BRANCH_KEY`` (not imported: the node module imports this one)."""
 _MINHASH = MinHash()
 
 
@@ -201,7 +168,7 @@ class LoopPolicy:
     """What an agent's action covers, for the repeat, cycle and near-duplicate detectors
     (see :data:`FingerprintPart`): by default what it answered and which tools it called."""
     fingerprint_per_agent: Mapping[str, tuple[FingerprintPart, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
+        default_factory=lambda: FrozenDict({})
     )
     """Per-agent overrides of ``fingerprint``; ``()`` exempts an agent from the repeat and
     near-duplicate detectors."""
@@ -268,7 +235,7 @@ class LoopPolicy:
                     f"LoopPolicy.fingerprint_per_agent keys must be agent names, got {agent!r}."
                 )
             checked[agent] = _parts(f"fingerprint_per_agent[{agent!r}]", parts)
-        object.__setattr__(self, "fingerprint_per_agent", MappingProxyType(checked))
+        object.__setattr__(self, "fingerprint_per_agent", FrozenDict(checked))
         if not isinstance(self.similarity, Similarity):
             raise ConfigurationError(
                 f"LoopPolicy.similarity must have signature(text) and similarity(a, b) "
@@ -296,136 +263,3 @@ class LoopPolicy:
             "Pass e.g. loops=LoopPolicy(max_repeats=3), loops=3, or loops=False to turn "
             "loop detection off."
         )
-
-
-# -- step entries -------------------------------------------------------------------------
-
-
-def step_entry(
-    agent: str,
-    envelope: Mapping[str, Any],
-    *,
-    update: Mapping[str, Any] | None,
-    state: Mapping[str, Any],
-    policy: LoopPolicy,
-    window: Sequence[Sequence[Any]],
-    hop: int,
-) -> list[Any]:
-    """The window entry of one finished step (see :data:`ENTRY_FIELDS`).
-
-    Args:
-        agent: The agent's name in the ledger.
-        envelope: The step's envelope as a JSON-ready dict (``status``, ``result``,
-            ``confidence``, ``reason``).
-        update: The state update the agent returned, without its envelope; its
-            ``"messages"`` (AI messages with tool calls, tool messages) feed the tool
-            detectors and the ``watch`` keys it writes show progress.
-        state: The state the agent received: its last message is the request, the
-            ``"guard"`` ledger holds the previous envelopes.
-        policy: The loop policy.
-        window: The ledger's window before this step, oldest first.
-        hop: The step's hop (the ledger's hops plus one).
-
-    Returns:
-        A JSON-ready list of str and int, to append to the ledger's window.
-
-    Example:
-        ```python
-        entry = step_entry("analyst", envelope, update=update, state=state,
-                           policy=policy, window=ledger["window"], hop=ledger["hops"] + 1)
-        ```
-    """
-    parts = policy.parts_for(agent)
-    status = str(envelope.get("status") or "")
-    raw = text_of(envelope.get("result"))
-    result = normalize(raw)
-    reason = envelope.get("reason")
-    reason = normalize(str(reason)) if reason else ""
-    old = state.get("messages")
-    if (update and update.get("messages") is not None) or (isinstance(old, list) and old):
-        tokens = _st.tool_tokens(_st.new_messages(update, state), state)
-    else:
-        tokens = []  # no messages before or in the step: no tool calls
-    key = str(state.get(_BRANCH_KEY) or agent)
-    pieces = []
-    texts = []
-    if "output" in parts:
-        pieces.append(f"{status}\x1f{result}\x1f{reason}")
-        texts.append(f"{result} {reason}")
-    if "tool_calls" in parts:
-        pieces.append(_st.tool_part(tokens) if tokens else "")
-    if "request" in parts:
-        request = normalize(_st.request_text(state, key))
-        pieces.append(request)
-        texts.append(request)
-    fp = short_hash("\x1e".join(pieces)) if parts else ""
-    text = " ".join(texts).strip()
-    sim = ""
-    # A text of one or two words ("done", "route researcher") cannot be reworded: the
-    # exact detectors cover it.
-    if policy.max_near_duplicates and text.count(" ") >= 2:
-        sim = policy.similarity.signature(text)
-    out = short_hash(result) if len(result) >= _MIN_COPY else ""
-    progress = _st.progress(envelope, result, update, state, policy.watch, key)
-    if not progress and not policy.watch:
-        # A poller may say the same thing every time while its tool answers change.
-        progress = _st.tool_progress(tokens, window)
-    stalls = 0
-    last = window[-1] if window else None
-    if last is not None and len(last) >= _st.SIZE and isinstance(last[_st.STALL], int):
-        stalls = last[_st.STALL]
-    if progress and not _st.seen_progress(window, progress):
-        stalls //= 2
-    else:
-        stalls += 1
-    return [
-        agent,
-        fp,
-        hop,
-        out,
-        sim,
-        " ".join(tokens),
-        progress,
-        stalls,
-        _st.snippet(envelope, raw),
-    ]
-
-
-# -- detectors --------------------------------------------------------------------------
-
-
-def check_loops(
-    window: Sequence[Sequence[Any]],
-    entry: Sequence[Any],
-    *,
-    policy: LoopPolicy,
-    agent: str,
-    hops: int,
-) -> Trip | None:
-    """Run every enabled detector for a new step; return the first trip, or None.
-
-    The detectors run in this order: tool repeat, tool errors, repeat, copy, cycle,
-    near-duplicate, no progress. Each scans the window once: the cost per step is
-    O(window), not O(history). Entries of another layout (e.g. written by an older
-    version) are skipped.
-
-    Args:
-        window: The ledger's window before this step, oldest first.
-        entry: The step's entry, from :func:`step_entry`.
-        policy: The loop policy.
-        agent: The agent whose step this is.
-        hops: The step's hop, recorded in the trip.
-
-    Returns:
-        A trip with the extra keys ``detector`` (a :data:`LoopDetector`) and ``steps``
-        (the repeating steps, oldest first, as ``{"agent", "hop", "fp", "text"}``), or
-        None.
-
-    Example:
-        ```python
-        trip = check_loops(ledger["window"], entry, policy=policy, agent="analyst", hops=5)
-        if trip is not None:
-            print(trip["detector"], [s["hop"] for s in trip["steps"]])
-        ```
-    """
-    return _ld.check(window, entry, policy, agent, hops)

@@ -17,7 +17,7 @@ from itertools import repeat
 from typing import Any
 from zlib import crc32
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ("MinHash", "normalize", "short_hash", "text_of")
 

@@ -2,23 +2,20 @@
 
 :func:`check_spend` is the rule; the "gate" below is its fast path for the meter: the
 thresholds from which ``check_spend`` would warn or trip, computed once per budget, agent
-and grants, so a call far from every limit skips the full check. Re-exported by
-:mod:`sanegraph.guards.budget`.
+and grants, so a call far from every limit skips the full check.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from decimal import ROUND_FLOOR, Decimal
+from functools import lru_cache
 from typing import Any, cast
 
-from ._spend import Spend
-from .checks import make_trip
-from .ledger import Trip
+from ..trips import Trip, make_trip
 from .policy import Budget
+from .spend import Spend
 
 __all__ = ("check_spend",)
 
@@ -66,8 +63,8 @@ _LIMITS = (
 def check_spend(
     spent: Spend,
     projected: Spend,
-    budget: Budget,
     *,
+    budget: Budget,
     agent: str,
     spent_by_agent: Mapping[str, Spend | Mapping[str, int]] | None = None,
     grants: Mapping[str, float] | None = None,
@@ -162,16 +159,11 @@ def check_spend(
     return None, warnings
 
 
-_LIMIT_MICROS: dict[float, int] = {}
-
-
+@lru_cache(maxsize=1024)
 def _limit_micros(usd: float) -> int:
     """A USD limit in whole micro-dollars, rounded down (exact: no float error)."""
-    micros = _LIMIT_MICROS.get(usd)
-    if micros is None:
-        exact = Decimal(repr(usd)) * 1_000_000
-        micros = _LIMIT_MICROS[usd] = int(exact.to_integral_value(rounding=ROUND_FLOOR))
-    return micros
+    exact = Decimal(repr(usd)) * 1_000_000
+    return int(exact.to_integral_value(rounding=ROUND_FLOOR))
 
 
 def _amounts(spend: Spend) -> tuple[int, int, int, int]:
@@ -242,14 +234,6 @@ Gate = tuple[
     int | None, tuple[float, float, float, float], tuple[float, float, float, float] | None
 ]
 """``(per_call_tokens allowed, thread thresholds, agent thresholds or None)``."""
-
-GateEntry = tuple[Budget, str, dict[str, float], Gate | None]
-"""``(budget, agent, grants, gate)``: a gate and what it was made from."""
-
-_GATES: OrderedDict[tuple[int, str], GateEntry] = OrderedDict()
-"""Gates by ``(id(budget), agent)`` (each entry holds its budget: the id stays unique)."""
-
-_GATE_CACHE_SIZE = 256
 
 no_warnings: list[str] = []
 """The warnings of a call the gate let through (never appended to)."""
@@ -335,21 +319,16 @@ def below(
     )
 
 
-_GATES_LOCK = threading.Lock()
+@lru_cache(maxsize=256)
+def _cached_gate(budget: Budget, agent: str, grants: tuple[tuple[str, float], ...]) -> Gate | None:
+    try:
+        return _make_gate(budget, agent, dict(grants))
+    except Exception:  # a limit check_spend itself cannot convert: it says why
+        return None
 
 
-def gate_for(budget: Budget, agent: str, grants: Mapping[str, float]) -> GateEntry:
-    """The gate of ``budget`` for ``agent`` with ``grants``, cached (the steps of a thread
-    share their Budget: so do their meters' gates)."""
-    cached = _GATES.get((id(budget), agent))
-    if cached is None or cached[0] is not budget or cached[2] != grants:
-        try:
-            gate = _make_gate(budget, agent, grants)
-        except Exception:  # a limit check_spend itself cannot convert: it says why
-            gate = None
-        cached = (budget, agent, dict(grants), gate)
-        with _GATES_LOCK:
-            _GATES[(id(budget), agent)] = cached
-            while len(_GATES) > _GATE_CACHE_SIZE:
-                _GATES.popitem(last=False)
-    return cached
+def gate_for(budget: Budget, agent: str, grants: Mapping[str, float]) -> Gate | None:
+    """The gate of ``budget`` for ``agent`` with ``grants`` (None: always run the full
+    check). A pure function of its arguments, memoized: the steps of a thread share their
+    budget, so their meters share its gates."""
+    return _cached_gate(budget, agent, tuple(sorted(grants.items())))

@@ -1,17 +1,33 @@
-"""Budgets: what model calls cost, the intake check, and the callback that meters calls.
+"""The budget meter: the LangChain callback handler that applies a :class:`Budget` to the
+model calls of one guarded step.
 
-The core is pure and I/O-free: :class:`Spend` (what was spent, in integer micro-dollars
-and tokens, so sums are exact and do not depend on order), :func:`price_call` (prices from
-``genai-prices``, or from the policy) and :func:`check_spend` (the "would exceed" check).
-:class:`BudgetMeter` is the one LangChain callback handler: attached to a guarded step's
-model calls, it projects each call in ``on_chat_model_start`` and blocks it (raising
-:class:`BudgetExceeded`, so the model is never called) when the budget, or a shared
-:class:`SpendPool`, cannot cover it; in ``on_llm_end`` it records what the call really
-used (``AIMessage.usage_metadata``).
+A sync handler with ``raise_error = True`` and ``run_inline = True``: raising in
+``on_chat_model_start`` aborts the call before the model runs, for ``invoke`` and
+``ainvoke`` alike (an async handler could not stop a sync call).
 
-Limit keys name each limit in warnings, grants and trips: ``"usd"``, ``"tokens"``,
-``"input_tokens"``, ``"output_tokens"``, ``"per_call_tokens"``, ``"pool"`` and, per agent,
-``"usd:<agent>"``, ``"tokens:<agent>"``... (as ``"hops:<agent>"`` for hop grants).
+Before each call (``on_chat_model_start``) it reads the provider, model and ``max_tokens``
+from the run metadata LangChain adds for every chat model (``ls_provider``,
+``ls_model_name``, ``ls_max_tokens``; falling back to ``invocation_params``), counts the
+input tokens with ``count_tokens_approximately`` (messages, plus tool schemas found in
+``invocation_params["tools"]``; see :class:`~.tokens.TokenCounter`) and projects the call
+as ``input tokens + max_tokens`` (input only when the model sets no ``max_tokens``: then
+the output of the last allowed call can overshoot a limit). It runs :func:`check_spend`
+(skipped when every limit stays below its warning threshold, where it would neither trip
+nor warn) against everything spent so far (``spent_before`` plus this step's calls, ended
+and in flight, plus what steps running alongside it spent), then reserves the projection
+in ``pool`` if one is set. Either refusing raises :class:`BudgetExceeded` carrying the trip
+record; the first trip is also kept in :attr:`BudgetMeter.trip` (an agent may swallow the
+exception).
+
+After each call (``on_llm_end``) it reads ``usage_metadata`` from the answer (estimating
+it, or refusing the model, per ``Budget.no_usage``), prices it, adds it to
+:attr:`BudgetMeter.spent`, commits the pool reservation and calls ``on_call`` with the
+call's record. A failed call (``on_llm_error``) releases its reservation.
+
+Call keys: ``"<key>|<index>"``, where ``index`` counts the step's calls in the order they
+start and ``key`` defaults to ``"<thread_id>|<checkpoint_ns>"`` from the first call's
+metadata (``thread_id`` and ``langgraph_checkpoint_ns``, i.e. ``node:task_id``, which a
+re-run task keeps), or a random ``"meter-<hex>"`` outside a graph.
 """
 
 from __future__ import annotations
@@ -27,46 +43,43 @@ from uuid import UUID, uuid4
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
-from ._intake import (
-    REMEDY,
-    Gate,
-    GateEntry,
-    below,
-    budget_trip,
-    check_spend,
-    gate_for,
-    no_warnings,
-    usd,
-)
-from ._pricing import AgentLimits, ExhaustedAction, NoUsage, Price, Pricer, price_call, pricer
-from ._spend import Spend, SpendJournal, SpendPool, spend
-from ._tokens import count_messages, count_tools
-from .errors import BudgetExceeded, ConfigurationError
-from .ledger import Trip
+from ..errors import BudgetExceeded, ConfigurationError
+from ..trips import Trip
+from .calls import FinishedCall, InFlight, call_model, estimated_output, max_tokens_of, usage_of
+from .check import REMEDY, below, budget_trip, check_spend, gate_for, no_warnings, usd
 from .policy import Budget
+from .pricing import Price, Pricer, pricer
+from .spend import Spend, SpendPool, spend
+from .tokens import TokenCounter
 
-__all__ = (
-    "AgentLimits",
-    "BudgetExceeded",
-    "BudgetMeter",
-    "ExhaustedAction",
-    "NoUsage",
-    "Price",
-    "Spend",
-    "SpendGroup",
-    "SpendJournal",
-    "SpendPool",
-    "check_spend",
-    "metering",
-    "price_call",
-)
+__all__ = ("BudgetMeter", "SpendGroup", "metering")
 
 logger = logging.getLogger("sanegraph.guards.budget")
 
 _ZERO = Spend()
+
+
+class _Tally:
+    """A meter's running totals, in ints (updated on every call, read by its siblings)."""
+
+    __slots__ = ("f_in", "f_out", "f_usd", "inp", "n_in", "n_out", "n_usd", "out", "usd")
+
+    def __init__(self) -> None:
+        self.usd = self.inp = self.out = 0  # ended calls
+        self.f_usd = self.f_in = self.f_out = 0  # calls in flight, at their projection
+        self.n_usd = self.n_in = self.n_out = 0  # calls of meters nested in this one
+
+    def own(self) -> Spend:
+        """This step's calls, ended and in flight."""
+        return spend(self.usd + self.f_usd, self.inp + self.f_in, self.out + self.f_out)
+
+    def add_flight(self, call: InFlight, sign: int) -> None:
+        self.f_usd += sign * call.usd_micros
+        self.f_in += sign * call.input_tokens
+        self.f_out += sign * call.output_tokens
 
 
 class SpendGroup:
@@ -75,8 +88,8 @@ class SpendGroup:
     Parallel branches of a superstep all start from the same ledger, so none of them sees
     what the others spend until the superstep ends. Their meters join one group, share
     its lock, and count each other's spend (ended calls, calls in flight, and nested
-    steps') in every intake check: the branches draw on one budget. ``guarded()`` makes
-    one group per (thread, parent checkpoint, namespace level).
+    steps') in every intake check: the branches draw on one budget. A guarded step finds
+    its group in the run's scope (one per parent checkpoint and namespace level).
     """
 
     __slots__ = ("_members", "lock")
@@ -95,9 +108,10 @@ class SpendGroup:
         usd = inp = out = 0
         for other in self._members:
             if other is not meter:
-                usd += other._usd + other._nested_usd + other._flight_usd
-                inp += other._in + other._nested_in + other._flight_in
-                out += other._out + other._nested_out + other._flight_out
+                t = other._tally
+                usd += t.usd + t.n_usd + t.f_usd
+                inp += t.inp + t.n_in + t.f_in
+                out += t.out + t.n_out + t.f_out
         return spend(usd, inp, out)
 
     def others_locked(self, meter: BudgetMeter) -> Spend:
@@ -106,113 +120,19 @@ class SpendGroup:
             return self.others(meter)
 
 
-# -- the meter ----------------------------------------------------------------------------
-
-_MAX_TOKEN_PARAMS = (
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "max_tokens_to_sample",
-    "num_predict",
-)
-_MODEL_PARAMS = ("model", "model_name", "model_id")
-
-_NO_USAGE_MODELS: set[tuple[str | None, str]] = set()
-"""(provider, model) pairs seen answering without usage while ``no_usage="refuse"``."""
-
-
-_Pending = tuple[
-    int, str, str | None, str, int, int | None, int, int, Pricer, UUID | None, Mapping[str, Any]
-]
-"""A call in flight: ``(index, key prefix, provider, model, input tokens, max_tokens,
-projected usd_micros, projected output tokens, pricer, parent run id, run metadata)``
-(a tuple: one is made per model call)."""
-
-_Call = tuple[_Pending, UUID, int, int, int, bool]
-"""A finished call: ``(its _Pending, run id, input tokens, output tokens, usd_micros,
-estimated)``; :attr:`BudgetMeter.calls` makes the records from these when read."""
-
-
-def _max_tokens(metadata: Mapping[str, Any], params: Mapping[str, Any]) -> int | None:
-    value = metadata.get("ls_max_tokens")
-    if value is None:
-        for name in _MAX_TOKEN_PARAMS:
-            value = params.get(name)
-            if value is not None:
-                break
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
-
-
-def _reported_usage(response: LLMResult) -> tuple[int, int] | None:
-    for generations in response.generations:
-        for generation in generations:
-            message = getattr(generation, "message", None)
-            usage = getattr(message, "usage_metadata", None)
-            if usage:
-                return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-    legacy = (response.llm_output or {}).get("token_usage")
-    if isinstance(legacy, Mapping) and ("prompt_tokens" in legacy or "completion_tokens" in legacy):
-        return int(legacy.get("prompt_tokens") or 0), int(legacy.get("completion_tokens") or 0)
-    return None
-
-
-def _estimated_output(response: LLMResult) -> int:
-    # Several generations of one run are alternatives (n > 1): each was generated.
-    total = 0
-    for generations in response.generations:
-        for generation in generations:
-            if isinstance(generation, ChatGeneration):
-                total += count_tokens_approximately([generation.message])
-            else:
-                total += count_tokens_approximately([("ai", generation.text)])
-    return total
-
-
 class BudgetMeter(BaseCallbackHandler):
-    """Meters one guarded step's model calls and blocks a call the budget cannot cover.
-
-    A sync handler with ``raise_error = True`` and ``run_inline = True``: raising in
-    ``on_chat_model_start`` aborts the call before the model runs, for ``invoke`` and
-    ``ainvoke`` alike (an async handler could not stop a sync call).
-
-    Before each call (``on_chat_model_start``) it reads the provider, model and
-    ``max_tokens`` from the run metadata LangChain adds for every chat model
-    (``ls_provider``, ``ls_model_name``, ``ls_max_tokens``; falling back to
-    ``invocation_params``), counts the input tokens with ``count_tokens_approximately``
-    (messages, plus tool schemas found in ``invocation_params["tools"]``; each message's
-    count is cached, so a call counts only the messages no earlier call had, see
-    "counting input tokens" in the source) and projects the call as
-    ``input tokens + max_tokens`` (input only when the model sets no ``max_tokens``: then
-    the output of the last allowed call can overshoot a limit). It runs
-    :func:`check_spend` (skipped when every limit stays below its warning threshold, where
-    it would neither trip nor warn) against everything spent so far (``spent_before`` plus
-    this step's calls, ended and in flight), then reserves the projection in ``pool`` if
-    one is set. Either refusing raises :class:`BudgetExceeded` carrying the trip record; the
-    first trip is also kept in :attr:`trip` (an agent may swallow the exception).
-
-    After each call (``on_llm_end``) it reads ``usage_metadata`` from the answer
-    (estimating it, or refusing the model, per ``Budget.no_usage``), prices it, adds it
-    to :attr:`spent`, commits the pool reservation and calls ``on_call`` with the call's
-    record. A failed call (``on_llm_error``) releases its reservation.
+    """Meters one guarded step's model calls and blocks a call the budget cannot cover
+    (see the module docstring for the rules).
 
     Attach it with :func:`metering` (every call made in the context, whatever config the
     call is given; nested guarded steps meter their own calls) or pass it in
     ``config={"callbacks": [meter]}`` (calls under that config only).
 
-    Call keys: ``"<key>|<index>"``, where ``index`` counts this step's calls in the order
-    they start and ``key`` defaults to ``"<thread_id>|<checkpoint_ns>"`` from the first
-    call's metadata (``thread_id`` and ``langgraph_checkpoint_ns``, i.e. ``node:task_id``,
-    which a re-run task keeps), or a random ``"meter-<hex>"`` outside a graph. A resumed
-    step that makes the same calls in the same order gets the same keys.
-
     Args:
         budget: The limits.
         agent: The agent the step's calls are attributed to.
         spent_before: The thread's spend before this step (``Ledger.spent``).
-        spent_by_agent_before: Spend per agent before this step
-            (``Ledger.spent_by_agent``).
+        spent_by_agent_before: Spend per agent before this step.
         prices: Policy prices; defaults to ``budget.prices``.
         pool: A shared pool to reserve each call in.
         on_call: Called with each metered call's record (the journal hook).
@@ -221,10 +141,12 @@ class BudgetMeter(BaseCallbackHandler):
         hops: The thread's hop count, for trip records.
         key: Prefix of the call keys.
         first_call: The index of the step's first call: a re-run of a task whose earlier
-            attempt made calls continues after them (see :class:`SpendJournal`).
-        group: The meters of steps running at the same time in the thread (parallel
-            branches of one superstep): each call's check also counts what the others
-            spent and have in flight, which their ledger deltas do not show yet.
+            attempt made calls continues after them.
+        group: The meters of steps running at the same time in the thread: each call's
+            check also counts what the others spent and have in flight.
+        tokens: The token counter to count input messages with (a run shares one).
+        refused: ``(provider, model)`` pairs to refuse under ``no_usage="refuse"`` (a run
+            shares one set).
 
     Attributes:
         trip: The step's first trip record, or None.
@@ -240,29 +162,31 @@ class BudgetMeter(BaseCallbackHandler):
 
     raise_error = True
     run_inline = True
+    # Read by LangChain for every event of every run the meter is attached to: class
+    # attributes, read without a call. Only model events are metered.
+    ignore_chain = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
+    ignore_llm = False
+    ignore_chat_model = False
 
-    # Attributes in slots: a meter is made per guarded step, and read on each model call.
     __slots__ = (
         "_agent_before",
         "_before",
         "_calls",
-        "_flight_in",
-        "_flight_out",
-        "_flight_usd",
-        "_gate_for",
+        "_gate",
         "_group",
-        "_in",
         "_lock",
-        "_nested_in",
-        "_nested_out",
-        "_nested_usd",
-        "_out",
         "_outer",
         "_pending",
         "_priced",
+        "_refused",
         "_reserved",
         "_started",
-        "_usd",
+        "_tally",
+        "_tokens",
         "_warned",
         "_warnings",
         "agent",
@@ -292,6 +216,8 @@ class BudgetMeter(BaseCallbackHandler):
         key: str | None = None,
         first_call: int = 0,
         group: SpendGroup | None = None,
+        tokens: TokenCounter | None = None,
+        refused: set[tuple[str | None, str]] | None = None,
     ) -> None:
         if not isinstance(budget, Budget):
             raise ConfigurationError(
@@ -314,59 +240,38 @@ class BudgetMeter(BaseCallbackHandler):
         self._group = group
         # Meters of one group share a lock: a call's check and its registration as in
         # flight are atomic across parallel branches, so two cannot both take the last room.
-        if group is None:
-            self._lock = threading.Lock()
-        else:
-            self._lock = group.lock
+        self._lock = threading.Lock() if group is None else group.lock
+        self._tally = _Tally()
+        if group is not None:
             group.join(self)
-        # What this step's ended calls spent, what its calls in flight are projected to
-        # spend, and what meters nested in it spent: ints, updated on every call.
-        self._usd = self._in = self._out = 0
-        self._flight_usd = self._flight_in = self._flight_out = 0
-        self._nested_usd = self._nested_in = self._nested_out = 0
+        self._tokens = tokens if tokens is not None else TokenCounter()
+        self._refused = refused if refused is not None else set()
         self._outer: BudgetMeter | None = None
-        self._pending: dict[UUID, _Pending] = {}
+        self._pending: dict[UUID, InFlight] = {}
         self._reserved: dict[UUID, object] = {}
-        self._calls: list[_Call] = []
+        self._calls: list[FinishedCall] = []
         self._priced: tuple[str | None, str, Pricer] | None = None
         self._warnings: list[str] = []
         self._started = first_call
-        self._gate_for: GateEntry | None = None
+        self._gate: tuple[dict[str, float], Any] | None = None
         self.trip: Trip | None = None
-
-    # Events this handler ignores, as class attributes rather than properties: LangChain
-    # reads them for every event of every run the meter is attached to (each chain and
-    # tool start and end), and a class attribute is read without a call. Model events
-    # (``ignore_llm``, ``ignore_chat_model``) are metered.
-    ignore_chain = True
-    """True: chain events are not metered."""
-    ignore_agent = True
-    """True: agent and tool events are not metered."""
-    ignore_retriever = True
-    """True: retriever events are not metered."""
-    ignore_retry = True
-    """True: retry events are not metered (the retried model call is)."""
-    ignore_custom_event = True
-    """True: custom events are not metered."""
-    ignore_llm = False
-    """False: completion model calls are metered."""
-    ignore_chat_model = False
-    """False: chat model calls are metered."""
 
     # -- what was spent -------------------------------------------------------------------
 
     @property
     def spent(self) -> Spend:
         """What this step's finished calls spent."""
+        t = self._tally
         with self._lock:
-            return spend(self._usd, self._in, self._out)
+            return spend(t.usd, t.inp, t.out)
 
     @property
     def nested_spent(self) -> Spend:
         """What calls metered by meters nested in this one (guarded steps inside this
         step, see :func:`metering`) spent. Not in :attr:`spent`; counted in the checks."""
+        t = self._tally
         with self._lock:
-            return spend(self._nested_usd, self._nested_in, self._nested_out)
+            return spend(t.n_usd, t.n_in, t.n_out)
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -377,29 +282,7 @@ class BudgetMeter(BaseCallbackHandler):
         ``checkpoint_ns``, ``node``."""
         with self._lock:
             calls = list(self._calls)
-        return [self._record(call) for call in calls]
-
-    def _record(self, call: _Call) -> dict[str, Any]:
-        pending, run_id, input_tokens, output_tokens, usd_micros, estimated = call
-        index, prefix, provider, model, counted, max_tokens, p_usd, p_out, _, parent, meta = pending
-        return {
-            "key": f"{prefix}|{index}",
-            "index": index,
-            "run_id": str(run_id),
-            "parent_run_id": str(parent) if parent else None,
-            "agent": self.agent,
-            "provider": provider,
-            "model": model,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "usd_micros": usd_micros,
-            "estimated": estimated,
-            "max_tokens": max_tokens,
-            "projected": {"usd_micros": p_usd, "input_tokens": counted, "output_tokens": p_out},
-            "thread_id": meta.get("thread_id"),
-            "checkpoint_ns": meta.get("langgraph_checkpoint_ns"),
-            "node": meta.get("langgraph_node"),
-        }
+        return [call.record(self.agent) for call in calls]
 
     @property
     def warnings(self) -> list[str]:
@@ -423,14 +306,11 @@ class BudgetMeter(BaseCallbackHandler):
         """Project the call and block it if the budget or the pool cannot cover it."""
         params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
         tools = params.get("tools")
+        count = self._tokens.count
         # count_tokens_approximately(batch, tools=tools) for each batch, from cached parts.
-        counted = (
-            count_messages(messages[0])
-            if len(messages) == 1
-            else sum(map(count_messages, messages))
-        )
+        counted = count(messages[0]) if len(messages) == 1 else sum(map(count, messages))
         if isinstance(tools, list) and tools:
-            counted += count_tools(tools) * len(messages)
+            counted += self._tokens.tools(tools) * len(messages)
         self._intake(run_id, parent_run_id, metadata or {}, params, counted)
 
     def on_llm_start(
@@ -460,97 +340,94 @@ class BudgetMeter(BaseCallbackHandler):
         active = _ACTIVE.get()
         if active is not None and active is not self:
             return  # a meter nested in this one (an inner guarded step) meters the call
-        provider = metadata.get("ls_provider")
-        model = metadata.get("ls_model_name")
-        if not model:
-            model = next((params[n] for n in _MODEL_PARAMS if params.get(n)), None)
-        if not isinstance(model, str) or not model:
-            raise ConfigurationError(
-                "A model call reports no model name (no ls_model_name in its run metadata, "
-                "no model in its invocation params), so its cost is unknown. Give the chat "
-                "model a model name (its `model`/`model_name` field, or override "
-                "_get_ls_params to report ls_model_name)."
-            )
-        if not isinstance(provider, str) or not provider:
-            provider = None
-        budget = self.budget
-        if budget.no_usage == "refuse" and (provider, model) in _NO_USAGE_MODELS:
+        provider, model = call_model(metadata, params)
+        if self.budget.no_usage == "refuse" and (provider, model) in self._refused:
             raise ConfigurationError(
                 f"Model {model!r} (provider {provider!r}) reports no usage_metadata and "
                 "Budget.no_usage='refuse': the call was not made. Use a chat model "
                 "integration that reports usage, or set Budget(no_usage='estimate')."
             )
-        max_tokens = metadata.get("ls_max_tokens")
-        if type(max_tokens) is not int or max_tokens <= 0:
-            max_tokens = _max_tokens(metadata, params)
+        max_tokens = max_tokens_of(metadata, params)
         output_tokens = max_tokens or 0
         priced = self._priced
         if priced is None or priced[1] != model or priced[0] != provider:
             priced = self._priced = (provider, model, pricer(provider, model, self.prices))
         price = priced[2]
-        usd_micros = price(input_tokens, output_tokens)
-        # What enclosing steps spent themselves so far is not in this step's ledger yet.
+        prefix = self.key
+        if prefix is None:
+            thread = metadata.get("thread_id")
+            ns = metadata.get("langgraph_checkpoint_ns")
+            # Outside a graph there is nothing stable to key on: keys are unique only.
+            prefix = self.key = f"{thread}|{ns}" if thread or ns else f"meter-{uuid4().hex}"
+        call = InFlight(
+            0,
+            prefix,
+            provider,
+            model,
+            input_tokens,
+            max_tokens,
+            price(input_tokens, output_tokens),
+            output_tokens,
+            price,
+            parent_run_id,
+            metadata,
+        )
+        call = self._admit(run_id, call)
+        if self.pool is not None:
+            self._reserve(run_id, call)
+
+    def _outer_spend(self) -> Spend:
+        """What enclosing steps (and their siblings) spent so far: not in this step's
+        ledger yet."""
         outer = _ZERO
         parent = self._outer
         while parent is not None:
-            outer = outer + parent._own_so_far()
+            with parent._lock:
+                outer = outer + parent._tally.own()
             if parent._group is not None:
                 outer = outer + parent._group.others_locked(parent)
             parent = parent._outer
+        return outer
+
+    def _admit(self, run_id: UUID, call: InFlight) -> InFlight:
+        """Check the call against everything spent so far and count it as in flight, or
+        trip (atomic across the group: two calls cannot both take the last room)."""
+        outer = self._outer_spend() if self._outer is not None else _ZERO
+        c_usd, c_in, c_out = call.usd_micros, call.input_tokens, call.output_tokens
+        t = self._tally
         with self._lock:
-            prefix = self.key
-            if prefix is None:
-                thread = metadata.get("thread_id")
-                ns = metadata.get("langgraph_checkpoint_ns")
-                # Outside a graph there is nothing stable to key on: keys are unique only.
-                prefix = self.key = f"{thread}|{ns}" if thread or ns else f"meter-{uuid4().hex}"
             # Own calls (ended and in flight) count for the agent; nested steps' calls
             # (other agents) and enclosing steps' count for the thread only.
-            own_usd = self._usd + self._flight_usd
-            own_in = self._in + self._flight_in
-            own_out = self._out + self._flight_out
+            own = t.own()
             before = self._before
-            usd_total = before.usd_micros + own_usd + self._nested_usd + usd_micros
-            in_total = before.input_tokens + own_in + self._nested_in + input_tokens
-            out_total = before.output_tokens + own_out + self._nested_out + output_tokens
-            if outer is not _ZERO:
-                usd_total += outer.usd_micros
-                in_total += outer.input_tokens
-                out_total += outer.output_tokens
-            if self._group is not None:
-                others = self._group.others(self)
-                usd_total += others.usd_micros
-                in_total += others.input_tokens
-                out_total += others.output_tokens
-            # The gate: when every limit stays below its warning threshold after the call
-            # (so none can trip either), check_spend would return (None, []): skip it.
-            gate = self._gate()
+            others = self._group.others(self) if self._group is not None else _ZERO
+            usd_total = before.usd_micros + own.usd_micros + t.n_usd + outer.usd_micros
+            in_total = before.input_tokens + own.input_tokens + t.n_in + outer.input_tokens
+            out_total = before.output_tokens + own.output_tokens + t.n_out + outer.output_tokens
+            usd_total += others.usd_micros
+            in_total += others.input_tokens
+            out_total += others.output_tokens
+            gate = self._gate_now()
             if gate is not None and below(
                 gate,
-                input_tokens + output_tokens,
-                usd_total,
-                in_total,
-                out_total,
+                c_in + c_out,
+                usd_total + c_usd,
+                in_total + c_in,
+                out_total + c_out,
                 self._agent_before,
-                own_usd + usd_micros,
-                own_in + input_tokens,
-                own_out + output_tokens,
+                own.usd_micros + c_usd,
+                own.input_tokens + c_in,
+                own.output_tokens + c_out,
             ):
                 warnings = no_warnings
             else:
-                projected = spend(usd_micros, input_tokens, output_tokens)
+                projected = spend(c_usd, c_in, c_out)
                 trip, warnings = check_spend(
-                    spend(
-                        usd_total - usd_micros,
-                        in_total - input_tokens,
-                        out_total - output_tokens,
-                    ),
+                    spend(usd_total, in_total, out_total),
                     projected,
-                    budget,
+                    budget=self.budget,
                     agent=self.agent,
-                    spent_by_agent={
-                        self.agent: self._agent_before + spend(own_usd, own_in, own_out)
-                    },
+                    spent_by_agent={self.agent: self._agent_before + own},
                     grants=self.grants,
                     warned=self._warned,
                     hops=self.hops,
@@ -558,26 +435,11 @@ class BudgetMeter(BaseCallbackHandler):
                 if trip is not None:
                     cast(dict[str, Any], trip)["projected"] = projected.to_dict()
                     self._tripped(trip)
-            index = self._started
-            self._started = index + 1
-            # Counted as in flight before the pool is asked, so a parallel call of this
-            # step sees it.
-            self._pending[run_id] = (
-                index,
-                prefix,
-                provider,
-                model,
-                input_tokens,
-                max_tokens,
-                usd_micros,
-                output_tokens,
-                price,
-                parent_run_id,
-                metadata,
-            )
-            self._flight_usd += usd_micros
-            self._flight_in += input_tokens
-            self._flight_out += output_tokens
+            call = call._replace(call_index=self._started)
+            self._started += 1
+            # Counted as in flight before the pool is asked, so a parallel call sees it.
+            self._pending[run_id] = call
+            t.add_flight(call, 1)
             for warned in warnings:
                 self._warned.add(warned)
                 self._warnings.append(warned)
@@ -585,17 +447,17 @@ class BudgetMeter(BaseCallbackHandler):
             logger.warning(
                 "Budget warning: the model calls of %r reached %s of the %s limit.",
                 self.agent,
-                f"{budget.warn_at:.0%}",
+                f"{self.budget.warn_at:.0%}",
                 warned,
             )
-        if self.pool is not None:
-            self._reserve(run_id, spend(usd_micros, input_tokens, output_tokens), prefix, index)
+        return call
 
-    def _reserve(self, run_id: UUID, projected: Spend, prefix: str, index: int) -> None:
+    def _reserve(self, run_id: UUID, call: InFlight) -> None:
         """Reserve a call's projection in the pool, or forget the call and trip."""
         pool = cast(SpendPool, self.pool)
+        projected = spend(call.usd_micros, call.input_tokens, call.output_tokens)
         try:
-            reservation = pool.reserve(projected, key=f"{prefix}|{index}")
+            reservation = pool.reserve(projected, key=call.key)
         except BaseException:
             self._forget(run_id)
             raise
@@ -620,40 +482,23 @@ class BudgetMeter(BaseCallbackHandler):
             self._reserved[run_id] = reservation
 
     def _forget(self, run_id: UUID) -> None:
-        """Take a call off the calls in flight (a failed call, or one never made)."""
+        """Take a call off the calls in flight, if it still is (a failed call, one never
+        made, or one that ended)."""
         with self._lock:
-            self._land(run_id)
+            call = self._pending.pop(run_id, None)
+            if call is not None:  # not if close() came first
+                self._tally.add_flight(call, -1)
 
-    def _land(self, run_id: UUID) -> None:
-        """Take a call off the calls in flight, if it still is (call under the lock)."""
-        pending = self._pending.pop(run_id, None)
-        if pending is not None:  # not if close() came first
-            self._flight_usd -= pending[6]
-            self._flight_in -= pending[4]
-            self._flight_out -= pending[7]
-
-    def _gate(self) -> Gate | None:
-        """The warning thresholds of the budget's limits for this meter's agent and grants
-        (see :func:`_make_gate`), rebuilt when ``budget``, ``agent`` or ``grants`` change."""
-        budget, agent, grants = self.budget, self.agent, self.grants
-        cached = self._gate_for
-        if cached is None or cached[0] is not budget or cached[1] != agent or cached[2] != grants:
-            cached = self._gate_for = gate_for(budget, agent, grants)
-        return cached[3]
-
-    def _own_so_far(self) -> Spend:
-        with self._lock:
-            return spend(
-                self._usd + self._flight_usd,
-                self._in + self._flight_in,
-                self._out + self._flight_out,
+    def _gate_now(self) -> Any:
+        """The warning thresholds of the budget's limits for this meter's agent and
+        grants, rebuilt when ``grants`` change (lock held)."""
+        cached = self._gate
+        if cached is None or cached[0] != self.grants:
+            cached = self._gate = (
+                dict(self.grants),
+                gate_for(self.budget, self.agent, self.grants),
             )
-
-    def _add_nested(self, usd_micros: int, input_tokens: int, output_tokens: int) -> None:
-        with self._lock:
-            self._nested_usd += usd_micros
-            self._nested_in += input_tokens
-            self._nested_out += output_tokens
+        return cached[1]
 
     def _tripped(self, trip: Trip) -> None:
         """Keep the step's first trip and raise it (called under the lock)."""
@@ -681,38 +526,43 @@ class BudgetMeter(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Record what the call used, commit its reservation, and call ``on_call``."""
-        pending = self._pending.get(run_id)  # one dict read: atomic, no lock needed
-        if pending is None:
+        call = self._pending.get(run_id)  # one dict read: atomic, no lock needed
+        if call is None:
             return  # not a call this meter admitted (it started before the meter)
-        usage = _reported_usage(response)
+        usage = usage_of(response)
         estimated = usage is None
         if usage is None:
-            usage = (pending[4], _estimated_output(response))
+            usage = (call.input_tokens, estimated_output(response))
         input_tokens, output_tokens = usage
-        usd_micros = pending[8](input_tokens, output_tokens)
-        call = (pending, run_id, input_tokens, output_tokens, usd_micros, estimated)
+        usd_micros = call.pricer(input_tokens, output_tokens)
+        done = FinishedCall(call, run_id, input_tokens, output_tokens, usd_micros, estimated)
+        t = self._tally
         with self._lock:
-            self._land(run_id)
-            self._usd += usd_micros
-            self._in += input_tokens
-            self._out += output_tokens
-            self._calls.append(call)
+            if self._pending.pop(run_id, None) is not None:
+                t.add_flight(call, -1)
+            t.usd += usd_micros
+            t.inp += input_tokens
+            t.out += output_tokens
+            self._calls.append(done)
             reservation = self._reserved.pop(run_id, None) if self._reserved else None
         parent = self._outer
         while parent is not None:
-            parent._add_nested(usd_micros, input_tokens, output_tokens)
+            with parent._lock:
+                pt = parent._tally
+                pt.n_usd += usd_micros
+                pt.n_in += input_tokens
+                pt.n_out += output_tokens
             parent = parent._outer
         if reservation is not None:
             cast(SpendPool, self.pool).commit(
                 reservation, spend(usd_micros, input_tokens, output_tokens)
             )
         if self.on_call is not None:
-            self.on_call(self._record(call))
+            self.on_call(done.record(self.agent))
         if estimated and self.budget.no_usage == "refuse":
-            provider, model = pending[2], pending[3]
-            _NO_USAGE_MODELS.add((provider, model))
+            self._refused.add((call.provider, call.model))
             raise ConfigurationError(
-                f"Model {model!r} (provider {provider!r}) answered without "
+                f"Model {call.model!r} (provider {call.provider!r}) answered without "
                 f"usage_metadata and Budget.no_usage='refuse'. This call's spend was "
                 f"estimated ({input_tokens} input + {output_tokens} output tokens, "
                 f"{usd(usd_micros)}) and recorded; later calls to the model are "
@@ -738,9 +588,10 @@ class BudgetMeter(BaseCallbackHandler):
 
     def close(self) -> None:
         """Release the reservations of calls that never ended (call when the step ends)."""
+        t = self._tally
         with self._lock:
             self._pending.clear()
-            self._flight_usd = self._flight_in = self._flight_out = 0
+            t.f_usd = t.f_in = t.f_out = 0
             left = list(self._reserved.values())
             self._reserved.clear()
         if self.pool is not None:
