@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _compat
-from .budget.meter import SpendGroup
+from .budget.account import SpendGroup
 from .budget.tokens import TokenCounter
 from .errors import ConfigurationError
 from .ledger import FANOUT_HOPS, FANOUT_INDEX

@@ -14,8 +14,9 @@ Limit keys name each limit in warnings, grants and trips: ``"usd"``, ``"tokens"`
 """
 
 from ..errors import BudgetExceeded
+from .account import SpendGroup
 from .check import check_spend
-from .meter import BudgetMeter, SpendGroup, metering
+from .meter import BudgetMeter, metering
 from .policy import AgentLimits, Budget, ExhaustedAction, NoUsage
 from .pricing import Price, price_call
 from .spend import Spend, SpendJournal, SpendPool

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, NamedTuple
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import ChatGeneration, LLMResult
 
 from ..errors import ConfigurationError
+from .check import usd
 from .pricing import Pricer
+from .spend import Spend
 
 __all__ = (
     "FinishedCall",
@@ -72,6 +74,37 @@ class FinishedCall(NamedTuple):
     estimated: bool
     """True when the answer carried no usage and it was estimated."""
 
+    @classmethod
+    def of(cls, call: InFlight, run_id: UUID, response: LLMResult) -> FinishedCall:
+        """What a call used, read from its answer (estimated when it reports no usage)."""
+        usage = usage_of(response)
+        estimated = usage is None
+        if usage is None:
+            usage = (call.input_tokens, estimated_output(response))
+        i, o = usage
+        return cls(call, run_id, i, o, call.pricer(i, o), estimated)
+
+    @property
+    def spend(self) -> Spend:
+        """What the call cost."""
+        return Spend(
+            usd_micros=self.usd_micros,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+        )
+
+    def no_usage_message(self) -> str:
+        """The error for a call that revealed its model reports no usage."""
+        flight = self.flight
+        return (
+            f"Model {flight.model!r} (provider {flight.provider!r}) answered without "
+            f"usage_metadata and Budget.no_usage='refuse'. This call's spend was "
+            f"estimated ({self.input_tokens} input + {self.output_tokens} output tokens, "
+            f"{usd(self.usd_micros)}) and recorded; later calls to the model are "
+            "refused. Use a chat model integration that reports usage, or set "
+            "Budget(no_usage='estimate')."
+        )
+
     def record(self, agent: str) -> dict[str, Any]:
         """The call's JSON-ready record (``BudgetMeter.calls``, the journal)."""
         flight = self.flight
@@ -99,6 +132,24 @@ class FinishedCall(NamedTuple):
             "checkpoint_ns": meta.get("langgraph_checkpoint_ns"),
             "node": meta.get("langgraph_node"),
         }
+
+
+def refused_message(provider: str | None, model: str) -> str:
+    """The error for a call to a model known to report no usage, refused."""
+    return (
+        f"Model {model!r} (provider {provider!r}) reports no usage_metadata and "
+        "Budget.no_usage='refuse': the call was not made. Use a chat model "
+        "integration that reports usage, or set Budget(no_usage='estimate')."
+    )
+
+
+def key_prefix(metadata: Mapping[str, Any]) -> str:
+    """The prefix of a step's call keys: ``"<thread_id>|<checkpoint_ns>"`` (a re-run task
+    keeps both), or a random ``"meter-<hex>"`` outside a graph (nothing stable to key on:
+    keys are unique only)."""
+    thread = metadata.get("thread_id")
+    ns = metadata.get("langgraph_checkpoint_ns")
+    return f"{thread}|{ns}" if thread or ns else f"meter-{uuid4().hex}"
 
 
 def call_model(metadata: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[str | None, str]:

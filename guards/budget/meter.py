@@ -33,12 +33,11 @@ re-run task keeps), or a random ``"meter-<hex>"`` outside a graph.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import Any, cast
-from uuid import UUID, uuid4
+from typing import Any
+from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
@@ -46,83 +45,22 @@ from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
-from ..errors import BudgetExceeded, ConfigurationError
+from ..errors import ConfigurationError
 from ..trips import Trip
-from .calls import FinishedCall, InFlight, call_model, estimated_output, max_tokens_of, usage_of
-from .check import REMEDY, below, budget_trip, check_spend, gate_for, no_warnings, usd
+from .account import Account, PoolHolds, SpendGroup
+from .calls import FinishedCall, InFlight, call_model, key_prefix, max_tokens_of, refused_message
 from .policy import Budget
 from .pricing import Price, Pricer, pricer
 from .spend import Spend, SpendPool, spend
 from .tokens import TokenCounter
 
-__all__ = ("BudgetMeter", "SpendGroup", "metering")
-
-logger = logging.getLogger("sanegraph.guards.budget")
-
-_ZERO = Spend()
-
-
-class _Tally:
-    """A meter's running totals, in ints (updated on every call, read by its siblings)."""
-
-    __slots__ = ("f_in", "f_out", "f_usd", "inp", "n_in", "n_out", "n_usd", "out", "usd")
-
-    def __init__(self) -> None:
-        self.usd = self.inp = self.out = 0  # ended calls
-        self.f_usd = self.f_in = self.f_out = 0  # calls in flight, at their projection
-        self.n_usd = self.n_in = self.n_out = 0  # calls of meters nested in this one
-
-    def own(self) -> Spend:
-        """This step's calls, ended and in flight."""
-        return spend(self.usd + self.f_usd, self.inp + self.f_in, self.out + self.f_out)
-
-    def add_flight(self, call: InFlight, sign: int) -> None:
-        self.f_usd += sign * call.usd_micros
-        self.f_in += sign * call.input_tokens
-        self.f_out += sign * call.output_tokens
-
-
-class SpendGroup:
-    """The budget meters of steps that run at the same time in one thread.
-
-    Parallel branches of a superstep all start from the same ledger, so none of them sees
-    what the others spend until the superstep ends. Their meters join one group, share
-    its lock, and count each other's spend (ended calls, calls in flight, and nested
-    steps') in every intake check: the branches draw on one budget. A guarded step finds
-    its group in the run's scope (one per parent checkpoint and namespace level).
-    """
-
-    __slots__ = ("_members", "lock")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._members: list[BudgetMeter] = []
-
-    def join(self, meter: BudgetMeter) -> None:
-        """Add a meter (its constructor does)."""
-        with self.lock:
-            self._members.append(meter)
-
-    def others(self, meter: BudgetMeter) -> Spend:
-        """What the other members spent and have in flight (call with ``lock`` held)."""
-        usd = inp = out = 0
-        for other in self._members:
-            if other is not meter:
-                t = other._tally
-                usd += t.usd + t.n_usd + t.f_usd
-                inp += t.inp + t.n_in + t.f_in
-                out += t.out + t.n_out + t.f_out
-        return spend(usd, inp, out)
-
-    def others_locked(self, meter: BudgetMeter) -> Spend:
-        """:meth:`others`, taking the lock."""
-        with self.lock:
-            return self.others(meter)
+__all__ = ("BudgetMeter", "metering")
 
 
 class BudgetMeter(BaseCallbackHandler):
     """Meters one guarded step's model calls and blocks a call the budget cannot cover
-    (see the module docstring for the rules).
+    (see the module docstring for the rules; the numbers are kept by an
+    :class:`~.account.Account`).
 
     Attach it with :func:`metering` (every call made in the context, whatever config the
     call is given; nested guarded steps meter their own calls) or pass it in
@@ -142,14 +80,11 @@ class BudgetMeter(BaseCallbackHandler):
         key: Prefix of the call keys.
         first_call: The index of the step's first call: a re-run of a task whose earlier
             attempt made calls continues after them.
-        group: The meters of steps running at the same time in the thread: each call's
+        group: The accounts of steps running at the same time in the thread: each call's
             check also counts what the others spent and have in flight.
         tokens: The token counter to count input messages with (a run shares one).
         refused: ``(provider, model)`` pairs to refuse under ``no_usage="refuse"`` (a run
             shares one set).
-
-    Attributes:
-        trip: The step's first trip record, or None.
 
     Example:
         ```python
@@ -173,31 +108,18 @@ class BudgetMeter(BaseCallbackHandler):
     ignore_chat_model = False
 
     __slots__ = (
-        "_agent_before",
-        "_before",
-        "_calls",
-        "_gate",
-        "_group",
-        "_lock",
+        "_holds",
         "_outer",
-        "_pending",
         "_priced",
         "_refused",
-        "_reserved",
-        "_started",
-        "_tally",
         "_tokens",
-        "_warned",
-        "_warnings",
+        "account",
         "agent",
         "budget",
-        "grants",
-        "hops",
         "key",
         "on_call",
         "pool",
         "prices",
-        "trip",
     )
 
     def __init__(
@@ -229,48 +151,42 @@ class BudgetMeter(BaseCallbackHandler):
         self.prices = budget.prices if prices is None else prices
         self.pool = pool
         self.on_call = on_call
-        self.grants = dict(grants) if grants else {}
-        self.hops = hops
         self.key = key
-        self._before = _ZERO if spent_before is None else Spend.coerce(spent_before)
-        self._agent_before = (
-            Spend.coerce(spent_by_agent_before.get(agent)) if spent_by_agent_before else _ZERO
+        self.account = Account(
+            budget,
+            agent=agent,
+            spent_before=spent_before,
+            spent_by_agent_before=spent_by_agent_before,
+            grants=grants,
+            warned=warned,
+            hops=hops,
+            first_call=first_call,
+            group=group,
         )
-        self._warned: set[str] = set(warned)
-        self._group = group
-        # Meters of one group share a lock: a call's check and its registration as in
-        # flight are atomic across parallel branches, so two cannot both take the last room.
-        self._lock = threading.Lock() if group is None else group.lock
-        self._tally = _Tally()
-        if group is not None:
-            group.join(self)
         self._tokens = tokens if tokens is not None else TokenCounter()
         self._refused = refused if refused is not None else set()
         self._outer: BudgetMeter | None = None
-        self._pending: dict[UUID, InFlight] = {}
-        self._reserved: dict[UUID, object] = {}
-        self._calls: list[FinishedCall] = []
+        self._holds = PoolHolds(pool, self.account) if pool is not None else None
         self._priced: tuple[str | None, str, Pricer] | None = None
-        self._warnings: list[str] = []
-        self._started = first_call
-        self._gate: tuple[dict[str, float], Any] | None = None
-        self.trip: Trip | None = None
 
-    # -- what was spent -------------------------------------------------------------------
+    @property
+    def trip(self) -> Trip | None:
+        """The step's first trip record, or None."""
+        return self.account.trip
 
     @property
     def spent(self) -> Spend:
         """What this step's finished calls spent."""
-        t = self._tally
-        with self._lock:
+        t = self.account.tally
+        with self.account.lock:
             return spend(t.usd, t.inp, t.out)
 
     @property
     def nested_spent(self) -> Spend:
         """What calls metered by meters nested in this one (guarded steps inside this
         step, see :func:`metering`) spent. Not in :attr:`spent`; counted in the checks."""
-        t = self._tally
-        with self._lock:
+        t = self.account.tally
+        with self.account.lock:
             return spend(t.n_usd, t.n_in, t.n_out)
 
     @property
@@ -280,17 +196,17 @@ class BudgetMeter(BaseCallbackHandler):
         ``model``, ``input_tokens``, ``output_tokens``, ``usd_micros``, ``estimated``,
         ``max_tokens``, ``projected`` (a ``Spend`` dict), ``thread_id``,
         ``checkpoint_ns``, ``node``."""
-        with self._lock:
-            calls = list(self._calls)
+        with self.account.lock:
+            calls = list(self.account.calls)
         return [call.record(self.agent) for call in calls]
 
     @property
     def warnings(self) -> list[str]:
         """Limit keys whose ``warn_at`` threshold this step's calls reached (each once)."""
-        with self._lock:
-            return list(self._warnings)
+        with self.account.lock:
+            return list(self.account.warnings)
 
-    # -- intake -------------------------------------------------------------------------
+    # -- before the call ----------------------------------------------------------------
 
     def on_chat_model_start(
         self,
@@ -342,11 +258,7 @@ class BudgetMeter(BaseCallbackHandler):
             return  # a meter nested in this one (an inner guarded step) meters the call
         provider, model = call_model(metadata, params)
         if self.budget.no_usage == "refuse" and (provider, model) in self._refused:
-            raise ConfigurationError(
-                f"Model {model!r} (provider {provider!r}) reports no usage_metadata and "
-                "Budget.no_usage='refuse': the call was not made. Use a chat model "
-                "integration that reports usage, or set Budget(no_usage='estimate')."
-            )
+            raise ConfigurationError(refused_message(provider, model))
         max_tokens = max_tokens_of(metadata, params)
         output_tokens = max_tokens or 0
         priced = self._priced
@@ -355,10 +267,7 @@ class BudgetMeter(BaseCallbackHandler):
         price = priced[2]
         prefix = self.key
         if prefix is None:
-            thread = metadata.get("thread_id")
-            ns = metadata.get("langgraph_checkpoint_ns")
-            # Outside a graph there is nothing stable to key on: keys are unique only.
-            prefix = self.key = f"{thread}|{ns}" if thread or ns else f"meter-{uuid4().hex}"
+            prefix = self.key = key_prefix(metadata)
         call = InFlight(
             0,
             prefix,
@@ -372,147 +281,9 @@ class BudgetMeter(BaseCallbackHandler):
             parent_run_id,
             metadata,
         )
-        call = self._admit(run_id, call)
-        if self.pool is not None:
-            self._reserve(run_id, call)
-
-    def _outer_spend(self) -> Spend:
-        """What enclosing steps (and their siblings) spent so far: not in this step's
-        ledger yet."""
-        outer = _ZERO
-        parent = self._outer
-        while parent is not None:
-            with parent._lock:
-                outer = outer + parent._tally.own()
-            if parent._group is not None:
-                outer = outer + parent._group.others_locked(parent)
-            parent = parent._outer
-        return outer
-
-    def _admit(self, run_id: UUID, call: InFlight) -> InFlight:
-        """Check the call against everything spent so far and count it as in flight, or
-        trip (atomic across the group: two calls cannot both take the last room)."""
-        outer = self._outer_spend() if self._outer is not None else _ZERO
-        c_usd, c_in, c_out = call.usd_micros, call.input_tokens, call.output_tokens
-        t = self._tally
-        with self._lock:
-            # Own calls (ended and in flight) count for the agent; nested steps' calls
-            # (other agents) and enclosing steps' count for the thread only.
-            own = t.own()
-            before = self._before
-            others = self._group.others(self) if self._group is not None else _ZERO
-            usd_total = before.usd_micros + own.usd_micros + t.n_usd + outer.usd_micros
-            in_total = before.input_tokens + own.input_tokens + t.n_in + outer.input_tokens
-            out_total = before.output_tokens + own.output_tokens + t.n_out + outer.output_tokens
-            usd_total += others.usd_micros
-            in_total += others.input_tokens
-            out_total += others.output_tokens
-            gate = self._gate_now()
-            if gate is not None and below(
-                gate,
-                c_in + c_out,
-                usd_total + c_usd,
-                in_total + c_in,
-                out_total + c_out,
-                self._agent_before,
-                own.usd_micros + c_usd,
-                own.input_tokens + c_in,
-                own.output_tokens + c_out,
-            ):
-                warnings = no_warnings
-            else:
-                projected = spend(c_usd, c_in, c_out)
-                trip, warnings = check_spend(
-                    spend(usd_total, in_total, out_total),
-                    projected,
-                    budget=self.budget,
-                    agent=self.agent,
-                    spent_by_agent={self.agent: self._agent_before + own},
-                    grants=self.grants,
-                    warned=self._warned,
-                    hops=self.hops,
-                )
-                if trip is not None:
-                    cast(dict[str, Any], trip)["projected"] = projected.to_dict()
-                    self._tripped(trip)
-            call = call._replace(call_index=self._started)
-            self._started += 1
-            # Counted as in flight before the pool is asked, so a parallel call sees it.
-            self._pending[run_id] = call
-            t.add_flight(call, 1)
-            for warned in warnings:
-                self._warned.add(warned)
-                self._warnings.append(warned)
-        for warned in warnings:
-            logger.warning(
-                "Budget warning: the model calls of %r reached %s of the %s limit.",
-                self.agent,
-                f"{self.budget.warn_at:.0%}",
-                warned,
-            )
-        return call
-
-    def _reserve(self, run_id: UUID, call: InFlight) -> None:
-        """Reserve a call's projection in the pool, or forget the call and trip."""
-        pool = cast(SpendPool, self.pool)
-        projected = spend(call.usd_micros, call.input_tokens, call.output_tokens)
-        try:
-            reservation = pool.reserve(projected, key=call.key)
-        except BaseException:
-            self._forget(run_id)
-            raise
-        if reservation is None:
-            self._forget(run_id)
-            with self._lock:
-                self._tripped(
-                    budget_trip(
-                        "The next model call would exceed the shared budget pool (next "
-                        f"call ~{usd(projected.usd_micros)}, {projected.tokens} tokens, "
-                        f"agent={self.agent!r}): the pool refused the reservation. Raise the "
-                        f"pool's limit, {REMEDY}",
-                        key="pool",
-                        limit=None,
-                        observed=projected.usd,
-                        agent=self.agent,
-                        hops=self.hops,
-                        scope="pool",
-                    )
-                )
-        with self._lock:
-            self._reserved[run_id] = reservation
-
-    def _forget(self, run_id: UUID) -> None:
-        """Take a call off the calls in flight, if it still is (a failed call, one never
-        made, or one that ended)."""
-        with self._lock:
-            call = self._pending.pop(run_id, None)
-            if call is not None:  # not if close() came first
-                self._tally.add_flight(call, -1)
-
-    def _gate_now(self) -> Any:
-        """The warning thresholds of the budget's limits for this meter's agent and
-        grants, rebuilt when ``grants`` change (lock held)."""
-        cached = self._gate
-        if cached is None or cached[0] != self.grants:
-            cached = self._gate = (
-                dict(self.grants),
-                gate_for(self.budget, self.agent, self.grants),
-            )
-        return cached[1]
-
-    def _tripped(self, trip: Trip) -> None:
-        """Keep the step's first trip and raise it (called under the lock)."""
-        cast(dict[str, Any], trip).setdefault("projected", None)
-        if self.trip is None:
-            self.trip = trip
-        raise BudgetExceeded(
-            trip["message"],
-            limit=trip["limit"],
-            observed=trip["observed"],
-            agent=trip["agent"],
-            scope=trip["scope"],
-            trip=trip,
-        )
+        call = self.account.admit(run_id, call)
+        if self._holds is not None:
+            self._holds.reserve(run_id, call)
 
     # -- after the call -------------------------------------------------------------------
 
@@ -526,49 +297,19 @@ class BudgetMeter(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Record what the call used, commit its reservation, and call ``on_call``."""
-        call = self._pending.get(run_id)  # one dict read: atomic, no lock needed
+        account = self.account
+        call = account.pending.get(run_id)  # one dict read: atomic, no lock needed
         if call is None:
             return  # not a call this meter admitted (it started before the meter)
-        usage = usage_of(response)
-        estimated = usage is None
-        if usage is None:
-            usage = (call.input_tokens, estimated_output(response))
-        input_tokens, output_tokens = usage
-        usd_micros = call.pricer(input_tokens, output_tokens)
-        done = FinishedCall(call, run_id, input_tokens, output_tokens, usd_micros, estimated)
-        t = self._tally
-        with self._lock:
-            if self._pending.pop(run_id, None) is not None:
-                t.add_flight(call, -1)
-            t.usd += usd_micros
-            t.inp += input_tokens
-            t.out += output_tokens
-            self._calls.append(done)
-            reservation = self._reserved.pop(run_id, None) if self._reserved else None
-        parent = self._outer
-        while parent is not None:
-            with parent._lock:
-                pt = parent._tally
-                pt.n_usd += usd_micros
-                pt.n_in += input_tokens
-                pt.n_out += output_tokens
-            parent = parent._outer
-        if reservation is not None:
-            cast(SpendPool, self.pool).commit(
-                reservation, spend(usd_micros, input_tokens, output_tokens)
-            )
+        done = FinishedCall.of(call, run_id, response)
+        account.settle(done)
+        if self._holds is not None:
+            self._holds.commit(run_id, done.spend)
         if self.on_call is not None:
             self.on_call(done.record(self.agent))
-        if estimated and self.budget.no_usage == "refuse":
+        if done.estimated and self.budget.no_usage == "refuse":
             self._refused.add((call.provider, call.model))
-            raise ConfigurationError(
-                f"Model {call.model!r} (provider {call.provider!r}) answered without "
-                f"usage_metadata and Budget.no_usage='refuse'. This call's spend was "
-                f"estimated ({input_tokens} input + {output_tokens} output tokens, "
-                f"{usd(usd_micros)}) and recorded; later calls to the model are "
-                "refused. Use a chat model integration that reports usage, or set "
-                "Budget(no_usage='estimate')."
-            )
+            raise ConfigurationError(done.no_usage_message())
 
     def on_llm_error(
         self,
@@ -580,23 +321,15 @@ class BudgetMeter(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Forget the failed call and release its pool reservation."""
-        self._forget(run_id)
-        with self._lock:
-            reservation = self._reserved.pop(run_id, None)
-        if reservation is not None:
-            cast(SpendPool, self.pool).release(reservation)
+        self.account.forget(run_id)
+        if self._holds is not None:
+            self._holds.release(run_id)
 
     def close(self) -> None:
         """Release the reservations of calls that never ended (call when the step ends)."""
-        t = self._tally
-        with self._lock:
-            self._pending.clear()
-            t.f_usd = t.f_in = t.f_out = 0
-            left = list(self._reserved.values())
-            self._reserved.clear()
-        if self.pool is not None:
-            for reservation in left:
-                self.pool.release(reservation)
+        self.account.clear()
+        if self._holds is not None:
+            self._holds.release_all()
 
 
 _ACTIVE: ContextVar[BudgetMeter | None] = ContextVar("sanegraph_budget_meter", default=None)
@@ -661,6 +394,7 @@ class _Metering(AbstractContextManager[BudgetMeter]):
         outer = _ACTIVE.get()
         if outer is not meter:
             meter._outer = outer
+            meter.account.outer = outer.account if outer is not None else None
         self._token = _ACTIVE.set(meter)
         return meter
 

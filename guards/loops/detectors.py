@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..trips import Trip, make_trip
 from .policy import LoopDetector, LoopPolicy
@@ -278,6 +278,220 @@ def _fresh(window: Sequence[Row], fp: str) -> bool:
     return True
 
 
+class _Check(NamedTuple):
+    """One step's check: the window's rows, the new entry, and who and where it is."""
+
+    rows: list[Row]
+    entry: Row
+    policy: LoopPolicy
+    agent: str
+    hops: int
+    fresh: bool
+    """Whether no step in the window has the entry's fingerprint."""
+
+    def trip(
+        self,
+        kind: str,
+        detector: LoopDetector,
+        message: str,
+        *,
+        limit: int,
+        observed: int,
+        scope: str,
+        steps: list[dict[str, Any]],
+    ) -> Trip:
+        return _trip(
+            kind,
+            detector,
+            message,
+            limit=limit,
+            observed=observed,
+            agent=self.agent,
+            hops=self.hops,
+            scope=scope,
+            steps=steps,
+        )
+
+
+def _tool_repeat(c: _Check) -> Trip | None:
+    limit = c.policy.max_tool_repeats
+    if limit is None or not c.entry[TOOLS]:
+        return None
+    found = tool_repeats(c.rows, c.entry, limit)
+    if found is None:
+        return None
+    name, calls = found
+    return c.trip(
+        "tool_repeat",
+        "tool_repeat",
+        f"Tool {name!r} was called {len(calls)} times with the same arguments and the "
+        f"same result, more than LoopPolicy.max_tool_repeats={limit} (agent={c.agent!r}, "
+        f"{hops_of([call[3] for call in calls])}). Have the agent use the result it has "
+        "or change the arguments; raise max_tool_repeats if the tool is meant to be "
+        "polled.",
+        limit=limit,
+        observed=len(calls),
+        scope="thread",
+        steps=show_calls(calls),
+    )
+
+
+def _tool_errors(c: _Check) -> Trip | None:
+    limit = c.policy.max_tool_errors
+    if limit is None or not c.entry[TOOLS]:
+        return None
+    found = tool_errors(c.rows, c.entry, limit)
+    if found is None:
+        return None
+    name, calls = found
+    return c.trip(
+        "tool_errors",
+        "tool_errors",
+        f"Tool {name!r} returned an error {len(calls)} times in a row, more than "
+        f"LoopPolicy.max_tool_errors={limit} (agent={c.agent!r}, "
+        f"{hops_of([call[3] for call in calls])}). Fix the tool or what the agent "
+        "passes it; raise max_tool_errors if retries are expected.",
+        limit=limit,
+        observed=len(calls),
+        scope="thread",
+        steps=show_calls(calls),
+    )
+
+
+def _repeat(c: _Check) -> Trip | None:
+    limit = c.policy.max_repeats
+    if limit is None:
+        return None
+    entry, agent = c.entry, c.agent
+    same = ([entry] if limit <= 1 else []) if c.fresh else repeats(c.rows, entry, limit)
+    if not same:
+        return None
+    return c.trip(
+        "loop_repeat",
+        "repeat",
+        f"{agent!r} repeated the same action {len(same)} times, reaching "
+        f"LoopPolicy.max_repeats={limit} ({hops_of([e[HOP] for e in same])}: "
+        f"{entry[TEXT]!r}). Let the task owner re-plan; if the repetition is legitimate, "
+        f"fingerprint more of the step with LoopPolicy.fingerprint_per_agent"
+        f"[{agent!r}] (e.g. ('output', 'request')) or raise max_repeats.",
+        limit=limit,
+        observed=len(same),
+        scope="agent",
+        steps=show(same),
+    )
+
+
+def _copy(c: _Check) -> Trip | None:
+    limit = c.policy.max_copies
+    if limit is None or not c.entry[OUT]:
+        return None
+    same = copies(c.rows, c.entry, limit)
+    if not same:
+        return None
+    agents = ", ".join(repr(a) for a in dict.fromkeys(e[AGENT] for e in same))
+    return c.trip(
+        "loop_copy",
+        "copy",
+        f"The same result was passed on unchanged {len(same)} times (by {agents}), "
+        f"reaching LoopPolicy.max_copies={limit} "
+        f"({hops_of([e[HOP] for e in same])}: {c.entry[TEXT]!r}). Have each agent add "
+        "to the result or end the run; raise max_copies if agents are meant to hand "
+        "it on as is.",
+        limit=limit,
+        observed=len(same),
+        scope="thread",
+        steps=show(same),
+    )
+
+
+def _cycle(c: _Check) -> Trip | None:
+    limit = c.policy.max_cycles
+    if limit is None or c.fresh:
+        return None
+    rows = c.rows
+    period = cycle_period(rows, c.entry, limit)
+    if not period:
+        return None
+    cycle = [*rows[len(rows) - period * limit + 1 :], c.entry]
+    path = " -> ".join(e[AGENT] for e in cycle[-period:])
+    return c.trip(
+        "loop_cycle",
+        "cycle",
+        f"The cycle {path} repeated {limit} times with the same content, reaching "
+        f"LoopPolicy.max_cycles={limit} ({hops_of([e[HOP] for e in cycle])}). "
+        "Let the task owner break the cycle, or raise max_cycles.",
+        limit=limit,
+        observed=limit,
+        scope="thread",
+        steps=show(cycle),
+    )
+
+
+def _near_duplicate(c: _Check) -> Trip | None:
+    policy = c.policy
+    limit = policy.max_near_duplicates
+    if limit is None or not c.entry[SIM]:
+        return None
+    group = near_duplicates(
+        c.rows,
+        c.entry,
+        similar=policy.similarity.similarity,
+        floor=policy.min_similarity,
+        limit=limit,
+        same_tools="tool_calls" in policy.parts_for(c.agent),
+    )
+    if not group:
+        return None
+    return c.trip(
+        "loop_near_duplicate",
+        "near_duplicate",
+        f"{c.agent!r} said nearly the same thing {len(group)} times (similarity >= "
+        f"{policy.min_similarity:g}), reaching LoopPolicy.max_near_duplicates="
+        f"{limit} ({hops_of([e[HOP] for e in group])}: {c.entry[TEXT]!r}). Let the "
+        "task owner re-plan; raise min_similarity if different outputs are taken "
+        "for rewordings.",
+        limit=limit,
+        observed=len(group),
+        scope="agent",
+        steps=show(group),
+    )
+
+
+def _no_progress(c: _Check) -> Trip | None:
+    policy = c.policy
+    limit = policy.max_stalls
+    stalls = c.entry[STALL]
+    if limit is None or stalls < limit:
+        return None
+    stalled = [*c.rows[-(stalls - 1) :], c.entry] if stalls > 1 else [c.entry]
+    watched = f"watch={policy.watch}" if policy.watch else "the envelopes' results"
+    return c.trip(
+        "no_progress",
+        "no_progress",
+        f"No progress in {watched} for {stalls} steps, reaching "
+        f"LoopPolicy.max_stalls={limit} (agent={c.agent!r}, "
+        f"{hops_of([e[HOP] for e in stalled])}). Let the task owner re-plan or "
+        "finish; name the state keys that show progress in LoopPolicy.watch, or raise "
+        "max_stalls.",
+        limit=limit,
+        observed=stalls,
+        scope="thread",
+        steps=show(stalled),
+    )
+
+
+_DETECTORS: tuple[Callable[[_Check], Trip | None], ...] = (
+    _tool_repeat,
+    _tool_errors,
+    _repeat,
+    _copy,
+    _cycle,
+    _near_duplicate,
+    _no_progress,
+)
+"""The detectors, in the order they run: the first trip wins."""
+
+
 def _check(
     window: Sequence[Row], entry: Row, policy: LoopPolicy, agent: str, hops: int
 ) -> Trip | None:
@@ -299,150 +513,11 @@ def _check(
         rows: list[Row] = window if type(window) is list else list(window)
     else:
         rows = [e for e in window if len(e) >= SIZE]
-    text = entry[TEXT]
-    limit = policy.max_tool_repeats
-    if limit is not None and entry[TOOLS]:
-        found = tool_repeats(rows, entry, limit)
-        if found is not None:
-            name, calls = found
-            return _trip(
-                "tool_repeat",
-                "tool_repeat",
-                f"Tool {name!r} was called {len(calls)} times with the same arguments and the "
-                f"same result, more than LoopPolicy.max_tool_repeats={limit} (agent={agent!r}, "
-                f"{hops_of([c[3] for c in calls])}). Have the agent use the result it has "
-                "or change the arguments; raise max_tool_repeats if the tool is meant to be "
-                "polled.",
-                limit=limit,
-                observed=len(calls),
-                agent=agent,
-                hops=hops,
-                scope="thread",
-                steps=show_calls(calls),
-            )
-    limit = policy.max_tool_errors
-    if limit is not None and entry[TOOLS]:
-        found = tool_errors(rows, entry, limit)
-        if found is not None:
-            name, calls = found
-            return _trip(
-                "tool_errors",
-                "tool_errors",
-                f"Tool {name!r} returned an error {len(calls)} times in a row, more than "
-                f"LoopPolicy.max_tool_errors={limit} (agent={agent!r}, "
-                f"{hops_of([c[3] for c in calls])}). Fix the tool or what the agent "
-                "passes it; raise max_tool_errors if retries are expected.",
-                limit=limit,
-                observed=len(calls),
-                agent=agent,
-                hops=hops,
-                scope="thread",
-                steps=show_calls(calls),
-            )
-    limit = policy.max_repeats
-    if limit is not None:
-        same = ([entry] if limit <= 1 else []) if fresh else repeats(rows, entry, limit)
-        if same:
-            return _trip(
-                "loop_repeat",
-                "repeat",
-                f"{agent!r} repeated the same action {len(same)} times, reaching "
-                f"LoopPolicy.max_repeats={limit} ({hops_of([e[HOP] for e in same])}: "
-                f"{text!r}). Let the task owner re-plan; if the repetition is legitimate, "
-                f"fingerprint more of the step with LoopPolicy.fingerprint_per_agent"
-                f"[{agent!r}] (e.g. ('output', 'request')) or raise max_repeats.",
-                limit=limit,
-                observed=len(same),
-                agent=agent,
-                hops=hops,
-                scope="agent",
-                steps=show(same),
-            )
-    limit = policy.max_copies
-    if limit is not None and entry[OUT]:
-        same = copies(rows, entry, limit)
-        if same:
-            agents = ", ".join(repr(a) for a in dict.fromkeys(e[AGENT] for e in same))
-            return _trip(
-                "loop_copy",
-                "copy",
-                f"The same result was passed on unchanged {len(same)} times (by {agents}), "
-                f"reaching LoopPolicy.max_copies={limit} "
-                f"({hops_of([e[HOP] for e in same])}: {text!r}). Have each agent add "
-                "to the result or end the run; raise max_copies if agents are meant to hand "
-                "it on as is.",
-                limit=limit,
-                observed=len(same),
-                agent=agent,
-                hops=hops,
-                scope="thread",
-                steps=show(same),
-            )
-    limit = policy.max_cycles
-    if limit is not None:
-        period = 0 if fresh else cycle_period(rows, entry, limit)
-        if period:
-            cycle = [*rows[len(rows) - period * limit + 1 :], entry]
-            path = " -> ".join(e[AGENT] for e in cycle[-period:])
-            return _trip(
-                "loop_cycle",
-                "cycle",
-                f"The cycle {path} repeated {limit} times with the same content, reaching "
-                f"LoopPolicy.max_cycles={limit} ({hops_of([e[HOP] for e in cycle])}). "
-                "Let the task owner break the cycle, or raise max_cycles.",
-                limit=limit,
-                observed=limit,
-                agent=agent,
-                hops=hops,
-                scope="thread",
-                steps=show(cycle),
-            )
-    limit = policy.max_near_duplicates
-    if limit is not None and entry[SIM]:
-        group = near_duplicates(
-            rows,
-            entry,
-            similar=policy.similarity.similarity,
-            floor=policy.min_similarity,
-            limit=limit,
-            same_tools="tool_calls" in policy.parts_for(agent),
-        )
-        if group:
-            return _trip(
-                "loop_near_duplicate",
-                "near_duplicate",
-                f"{agent!r} said nearly the same thing {len(group)} times (similarity >= "
-                f"{policy.min_similarity:g}), reaching LoopPolicy.max_near_duplicates="
-                f"{limit} ({hops_of([e[HOP] for e in group])}: {text!r}). Let the "
-                "task owner re-plan; raise min_similarity if different outputs are taken "
-                "for rewordings.",
-                limit=limit,
-                observed=len(group),
-                agent=agent,
-                hops=hops,
-                scope="agent",
-                steps=show(group),
-            )
-    limit = policy.max_stalls
-    stalls = entry[STALL]
-    if limit is not None and stalls >= limit:
-        stalled = [*rows[-(stalls - 1) :], entry] if stalls > 1 else [entry]
-        watched = f"watch={policy.watch}" if policy.watch else "the envelopes' results"
-        return _trip(
-            "no_progress",
-            "no_progress",
-            f"No progress in {watched} for {stalls} steps, reaching "
-            f"LoopPolicy.max_stalls={limit} (agent={agent!r}, "
-            f"{hops_of([e[HOP] for e in stalled])}). Let the task owner re-plan or "
-            "finish; name the state keys that show progress in LoopPolicy.watch, or raise "
-            "max_stalls.",
-            limit=limit,
-            observed=stalls,
-            agent=agent,
-            hops=hops,
-            scope="thread",
-            steps=show(stalled),
-        )
+    check = _Check(rows, entry, policy, agent, hops, fresh)
+    for detector in _DETECTORS:
+        trip = detector(check)
+        if trip is not None:
+            return trip
     return None
 
 
