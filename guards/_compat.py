@@ -158,7 +158,9 @@ def is_pull_task(task: Any) -> bool:
     """Whether a ``StateSnapshot`` task runs because a channel triggered it (an edge or a
     ``Command(goto=...)``), not because of a ``Send``."""
     path = getattr(task, "path", None)
-    return bool(path) and path[0] == PULL
+    if not path:
+        return False
+    return bool(path[0] == PULL)
 
 
 # -- checkpoints -----------------------------------------------------------------------
