@@ -49,18 +49,8 @@ from langgraph.runtime import ExecutionInfo
 from sanegraph.guards import ConfigurationError
 from sanegraph.guards.budget import Spend, SpendJournal
 
-from ._sqlite import (
-    SPEND_COLUMNS,
-    SUM_SPEND,
-    Store,
-    connect,
-    inserted,
-    nonempty_str,
-    optional_str,
-    spend_of,
-    spend_row,
-    whole_number,
-)
+from ._sqlite import SUM_SPEND, Store, connect, inserted
+from ._values import SPEND_COLUMNS, nonempty_str, optional_str, spend_of, spend_row, whole_number
 from .saver import DEFAULT_BUSY_TIMEOUT, StrPath
 
 __all__ = ("CALLS_TABLE", "STEPS_TABLE", "Journal", "TaskKey")
@@ -154,7 +144,7 @@ class TaskKey:
 
 def _call_index(value: Any) -> int:
     return whole_number(
-        value, "call_index", "Number the calls of one task 0, 1, 2... in call order."
+        value, "call_index", remedy="Number the calls of one task 0, 1, 2... in call order."
     )
 
 
@@ -329,9 +319,9 @@ class Journal(Store):
         row = {
             **task._row(),
             "agent": nonempty_str(agent, "agent"),
-            "hop": whole_number(hop, "hop", "Pass the thread's hop count after the step."),
+            "hop": whole_number(hop, "hop", remedy="Pass the thread's hop count after the step."),
             "status": nonempty_str(status, "status"),
-            "latency_us": whole_number(latency_us, "latency_us", "Pass whole microseconds."),
+            "latency_us": whole_number(latency_us, "latency_us", remedy="Pass whole microseconds."),
             "tripped": optional_str(tripped, "tripped"),
             "created_at": time.time(),
         }
