@@ -265,7 +265,7 @@ def fork_ledger(
 
 
 def _replayed_gotos(
-    producers: tuple[str, ...], target: StateSnapshot, builder: StateGraph[Any, Any, Any, Any]
+    producers: tuple[str, ...], target: StateSnapshot, *, builder: StateGraph[Any, Any, Any, Any]
 ) -> list[str]:
     """Next nodes the producers reached by ``Command(goto=...)`` rather than by an edge."""
     reachable: set[str] = set()
@@ -297,7 +297,11 @@ def fork_writes(
     """
     if not producers:
         return [StateUpdate(values, None)]
-    gotos = _replayed_gotos(producers, target, builder) if isinstance(builder, StateGraph) else []
+    gotos = (
+        _replayed_gotos(producers, target, builder=builder)
+        if isinstance(builder, StateGraph)
+        else []
+    )
     first: Any = Command(update=values, goto=gotos) if gotos else values
     return [StateUpdate(first, producers[0]), *(StateUpdate(None, p) for p in producers[1:])]
 
