@@ -9,8 +9,10 @@ LangGraph's checkpoints, and both serve every thread of a process through one co
   lock: ``BEGIN IMMEDIATE`` for writes, so a read and the writes that depend on it cannot
   interleave with another connection's; ``database is locked`` after the busy timeout is
   retried a few times with a jittered back-off (:func:`retrying`).
-- :func:`whole_number`, :func:`nonempty_str` and :func:`spend_row` check the values
-  written into the tables, with the same messages in both.
+
+The values written into the tables are checked before, by the I/O-free cores
+(``_values.py``, ``_pool_core.py``, ``_journal_core.py``), which a store for another
+database shares.
 """
 
 from __future__ import annotations
@@ -19,36 +21,25 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlite_utils
 
-from sanegraph.guards import ConfigurationError
-from sanegraph.guards.budget import Spend
-
+from ._values import SPEND_COLUMNS
 from .saver import _PRAGMAS, StrPath, _database, _timeout
 
 __all__ = (
-    "SPEND_COLUMNS",
     "SUM_SPEND",
     "Store",
     "connect",
     "database",
     "inserted",
     "locked",
-    "nonempty_str",
-    "optional_str",
     "retrying",
-    "spend_of",
-    "spend_row",
-    "whole_number",
 )
-
-SPEND_COLUMNS = ("usd_micros", "input_tokens", "output_tokens")
-"""The integer columns a :class:`~sanegraph.guards.budget.Spend` is stored in, in order."""
 
 SUM_SPEND = ", ".join(f"coalesce(sum({column}), 0)" for column in SPEND_COLUMNS)
 """SQL selecting the sums of :data:`SPEND_COLUMNS` (0 over no rows)."""
@@ -58,48 +49,6 @@ RETRIES = 4
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Store")
-
-
-# -- checked values ---------------------------------------------------------------------
-
-
-def whole_number(value: Any, field: str, remedy: str) -> int:
-    """``value`` if it is an int >= 0 (not a bool); else a ``ConfigurationError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{field} must be a whole number >= 0, got {value!r}. {remedy}")
-    return value
-
-
-def nonempty_str(value: Any, field: str) -> str:
-    """``value`` if it is a non-empty str; else a ``ConfigurationError``."""
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{field} must be a non-empty str, got {value!r}.")
-    return value
-
-
-def optional_str(value: Any, field: str) -> str | None:
-    """None, or ``value`` checked by :func:`nonempty_str`."""
-    return None if value is None else nonempty_str(value, field)
-
-
-def spend_row(spend: Spend, what: str) -> dict[str, int]:
-    """``{usd_micros, input_tokens, output_tokens}`` of ``spend``, checked."""
-    remedy = "Pass e.g. Spend(usd_micros=1_500, input_tokens=1_000, output_tokens=200)."
-    row = {}
-    for field in SPEND_COLUMNS:
-        if not hasattr(spend, field):
-            raise ConfigurationError(
-                f"{what} must have usd_micros, input_tokens and output_tokens, got "
-                f"{type(spend).__name__}. {remedy}"
-            )
-        row[field] = whole_number(getattr(spend, field), f"{what}.{field}", remedy)
-    return row
-
-
-def spend_of(values: Sequence[Any] | None) -> Spend:
-    """The ``Spend`` of values selected in :data:`SPEND_COLUMNS` order (NULL counts 0)."""
-    usd, inp, out = values or (0, 0, 0)
-    return Spend(usd_micros=int(usd or 0), input_tokens=int(inp or 0), output_tokens=int(out or 0))
 
 
 # -- connections and transactions -------------------------------------------------------

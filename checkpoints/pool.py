@@ -10,6 +10,10 @@ and what others hold reserved, for every limit set:
 
 so that 2,000 concurrent conversations cannot each spend "only" their own limit.
 
+The rules (limits, the refusal, what commit and release do to the counters, leases) are
+the I/O-free core in ``_pool_core.py``; :class:`SharedBudget` is its SQLite store: it runs
+the SQL and calls the core, as a store for another database would.
+
 Transactions. Every operation is one short ``BEGIN IMMEDIATE`` transaction: it takes the
 database's write lock up front (waiting up to the busy timeout for another writer), so
 the read of the pool row and the writes that depend on it cannot interleave with another
@@ -38,31 +42,41 @@ expires while its call is still running frees room for others, and its commit st
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import socket
+import sqlite3
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, TypedDict
+from typing import Any
 
+import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
-from sanegraph.guards import ConfigurationError
 from sanegraph.guards.budget import Spend
 
-from ._sqlite import (
-    SPEND_COLUMNS,
-    SUM_SPEND,
-    Store,
-    connect,
-    inserted,
-    nonempty_str,
-    spend_of,
-    spend_row,
+from ._pool_core import (
+    COMMITS_TABLE,
+    POOLS_TABLE,
+    RESERVATIONS_TABLE,
+    Dollars,
+    PoolCounters,
+    PoolLimits,
+    PoolStatus,
+    Reservation,
+    check_lease,
+    check_open_limits,
+    check_owner,
+    check_spend,
+    commit_row,
+    counters_of,
+    grant,
+    limits_of,
+    new_limits,
+    pool_gone,
+    reservation_row,
 )
+from ._sqlite import SUM_SPEND, Store, connect, inserted
+from ._values import SPEND_COLUMNS, nonempty_str, spend_columns, spend_of
 from .saver import DEFAULT_BUSY_TIMEOUT, StrPath
 
 __all__ = (
@@ -76,174 +90,120 @@ __all__ = (
     "SharedBudget",
 )
 
-POOLS_TABLE = "sanegraph_pools"
-"""One row per pool: limits, spent and reserved counters."""
 
-RESERVATIONS_TABLE = "sanegraph_reservations"
-"""Live reservations: amount, expiry and holder."""
-
-COMMITS_TABLE = "sanegraph_pool_commits"
-"""One row per committed key of each pool: what was counted, once."""
-
-Dollars = int | float | Decimal
-"""An amount in US dollars (converted to whole micro-dollars, rounding half to even)."""
-
-_MICROS = Decimal(1_000_000)
+# -- the tables -------------------------------------------------------------------------
 
 
-# -- the I/O-free core ------------------------------------------------------------------
+def _create_tables(db: sqlite_utils.Database) -> None:
+    counts = dict.fromkeys(SPEND_COLUMNS, int)
+    counters = [f"{kind}_{field}" for kind in ("spent", "reserved") for field in SPEND_COLUMNS]
+    db.table(POOLS_TABLE).create(
+        {
+            "name": str,
+            "usd_micros_limit": int,
+            "tokens_limit": int,
+            **dict.fromkeys(counters, int),
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="name",
+        not_null={"name", *counters},
+        defaults=dict.fromkeys(counters, 0),
+        if_not_exists=True,
+    )
+    db.table(RESERVATIONS_TABLE).create(
+        {
+            "id": str,
+            "pool": str,
+            "key": str,
+            **counts,
+            "created_at": float,
+            "expires_at": float,
+            "pid": int,
+            "host": str,
+        },
+        pk="id",
+        not_null={"id", "pool", "key", *SPEND_COLUMNS, "expires_at"},
+        if_not_exists=True,
+    )
+    db.table(RESERVATIONS_TABLE).create_index(["pool", "expires_at"], if_not_exists=True)
+    db.table(COMMITS_TABLE).create(
+        {
+            "pool": str,
+            "key": str,
+            **counts,
+            "reservation_id": str,
+            "created_at": float,
+            "pid": int,
+            "host": str,
+        },
+        pk=("pool", "key"),
+        not_null={"pool", "key", *SPEND_COLUMNS},
+        if_not_exists=True,
+    )
 
 
-def _micros(usd: Any, field: str) -> int:
-    remedy = "Pass US dollars as a number >= 0, e.g. usd=20 or usd=Decimal('19.99')."
-    if isinstance(usd, bool) or not isinstance(usd, (int, float, Decimal)):
-        raise ConfigurationError(f"{field} must be a number of US dollars, got {usd!r}. {remedy}")
-    try:
-        micros = (Decimal(str(usd)) * _MICROS).to_integral_value()
-    except InvalidOperation:
-        micros = Decimal("NaN")
-    if not micros.is_finite() or micros < 0:
-        raise ConfigurationError(f"{field} must be a finite amount >= 0, got {usd!r}. {remedy}")
-    return int(micros)
+# The statements below run inside the BEGIN IMMEDIATE transaction, while the connection
+# holds the database's write lock that every other holder waits for. They are plain SQL:
+# sqlite-utils' get/update/delete re-read the schema on every call (about six statements
+# each), which tripled the time the lock was held.
 
 
-def _dollars(micros: int | None) -> str:
-    if micros is None:
-        return "None"
-    return format((Decimal(micros) / _MICROS).normalize(), "f")
-
-
-def _tokens(tokens: Any) -> int:
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ConfigurationError(
-            f"tokens must be a whole number >= 0, got {tokens!r}. Pass e.g. tokens=2_000_000."
-        )
-    return tokens
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PoolLimits:
-    """What a pool allows in total; None means no limit on that measure.
-
-    Check (:meth:`exceeded`): an amount is refused when it *would exceed* a limit,
-    ``spent + reserved + amount > limit``; exactly reaching the limit is allowed.
-
-    Example:
-        ```python
-        limits = PoolLimits.of(usd=20, tokens=None)
-        limits.usd_micros  # 20_000_000
-        limits.exceeded(spent=Spend(usd_micros=19_999_999), reserved=Spend(),
-                        amount=Spend(usd_micros=2))  # "usd"
-        ```
-    """
-
-    usd_micros: int | None = None
-    """The money limit in micro-dollars."""
-    tokens: int | None = None
-    """The token limit (input + output tokens)."""
-
-    @classmethod
-    def of(cls, *, usd: Dollars | None, tokens: int | None) -> PoolLimits:
-        """Limits from US dollars and tokens, checked.
-
-        Raises:
-            ConfigurationError: A limit is negative, not finite, or not a number.
-        """
-        return cls(
-            usd_micros=None if usd is None else _micros(usd, "usd"),
-            tokens=None if tokens is None else _tokens(tokens),
-        )
-
-    @property
-    def is_empty(self) -> bool:
-        """Whether no limit is set."""
-        return self.usd_micros is None and self.tokens is None
-
-    def exceeded(
-        self, *, spent: Spend, reserved: Spend, amount: Spend
-    ) -> Literal["usd", "tokens"] | None:
-        """Which limit ``amount`` would exceed next to ``spent`` and ``reserved``, if any."""
-        if self.usd_micros is not None and (
-            spent.usd_micros + reserved.usd_micros + amount.usd_micros > self.usd_micros
-        ):
-            return "usd"
-        if self.tokens is not None and (
-            _total(spent) + _total(reserved) + _total(amount) > self.tokens
-        ):
-            return "tokens"
+def _read(conn: sqlite3.Connection, name: str) -> PoolCounters | None:
+    """The pool's counters, or None if it has no row."""
+    cursor = conn.execute(f"SELECT * FROM {POOLS_TABLE} WHERE name = ?", [name])
+    found = cursor.fetchone()
+    if found is None:
         return None
-
-    def remaining(self, *, spent: Spend, reserved: Spend) -> dict[str, int | None]:
-        """``{"usd_micros", "tokens"}`` still grantable (never below 0; None: no limit)."""
-        usd = tokens = None
-        if self.usd_micros is not None:
-            usd = max(0, self.usd_micros - spent.usd_micros - reserved.usd_micros)
-        if self.tokens is not None:
-            tokens = max(0, self.tokens - _total(spent) - _total(reserved))
-        return {"usd_micros": usd, "tokens": tokens}
-
-    def _describe(self) -> str:
-        return f"usd={_dollars(self.usd_micros)}, tokens={self.tokens}"
+    return counters_of(
+        {column[0]: value for column, value in zip(cursor.description, found, strict=True)}
+    )
 
 
-def _total(spend: Spend) -> int:
-    return spend.input_tokens + spend.output_tokens
+def _write(
+    conn: sqlite3.Connection, name: str, *, now: float, spent: Spend | None, reserved: Spend
+) -> None:
+    """Store the counters (``spent`` only when a commit counted something)."""
+    updates: dict[str, Any] = {"updated_at": now}
+    if spent is not None:
+        updates.update(spend_columns(spent, "spent_"))
+    updates.update(spend_columns(reserved, "reserved_"))
+    assignments = ", ".join(f"{column} = ?" for column in updates)
+    conn.execute(
+        f"UPDATE {POOLS_TABLE} SET {assignments} WHERE name = ?", [*updates.values(), name]
+    )
 
 
-def _spend(row: dict[str, Any], prefix: str = "") -> Spend:
-    return Spend(**{field: int(row[prefix + field]) for field in SPEND_COLUMNS})
+def _expire(conn: sqlite3.Connection, name: str, *, now: float) -> PoolCounters | None:
+    """Drop the pool's expired reservations (``is_expired``: ``expires_at <= now``); the
+    counters after, or None if the pool has no row."""
+    counters = _read(conn, name)
+    if counters is None:
+        return None
+    where, args = "pool = ? AND expires_at <= ?", [name, now]
+    stale, *sums = conn.execute(
+        f"SELECT count(*), {SUM_SPEND} FROM {RESERVATIONS_TABLE} WHERE {where}", args
+    ).fetchone()
+    if stale:
+        conn.execute(f"DELETE FROM {RESERVATIONS_TABLE} WHERE {where}", args)
+        counters = counters.drop(spend_of(sums))
+        _write(conn, name, now=now, spent=None, reserved=counters.reserved)
+    return counters
 
 
-def _minus(a: Spend, b: Spend) -> Spend:
-    return Spend(**{field: getattr(a, field) - getattr(b, field) for field in SPEND_COLUMNS})
+def _take(conn: sqlite3.Connection, reservation: Reservation) -> Spend | None:
+    """Delete the reservation's row; the amount it held, or None if it was gone."""
+    where, args = "id = ? AND pool = ?", [reservation.id, reservation.pool]
+    held = conn.execute(
+        f"SELECT {', '.join(SPEND_COLUMNS)} FROM {RESERVATIONS_TABLE} WHERE {where}", args
+    ).fetchone()
+    if held is None:
+        return None
+    conn.execute(f"DELETE FROM {RESERVATIONS_TABLE} WHERE {where}", args)
+    return spend_of(held)
 
 
-def _counters(prefix: str, spend: Spend) -> dict[str, int]:
-    return {prefix + field: getattr(spend, field) for field in SPEND_COLUMNS}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reservation:
-    """An amount held in a pool for one model call, until committed, released or expired.
-
-    Example:
-        ```python
-        held = pool.reserve(Spend(usd_micros=40_000), key=task.call_key(0))
-        if held is not None:
-            pool.commit(held, Spend(usd_micros=31_250, input_tokens=900, output_tokens=300))
-        ```
-    """
-
-    id: str
-    """The reservation's row id."""
-    pool: str
-    """The pool's name."""
-    key: str
-    """The model call the reservation is for (unique per call; see ``SharedBudget.reserve``)."""
-    amount: Spend
-    """What was reserved."""
-    expires_at: float
-    """When the reservation stops holding room in the pool (``clock()`` seconds)."""
-
-
-class PoolStatus(TypedDict):
-    """A pool's limits and counters, as :meth:`SharedBudget.status` reports them."""
-
-    name: str
-    """The pool's name."""
-    limits: dict[str, int | None]
-    """``{"usd_micros", "tokens"}``; None where no limit is set."""
-    spent: dict[str, int]
-    """``{"usd_micros", "input_tokens", "output_tokens"}`` committed so far."""
-    reserved: dict[str, int]
-    """The same counts held by live reservations."""
-    remaining: dict[str, int | None]
-    """``{"usd_micros", "tokens"}`` still grantable (never below 0); None: no limit."""
-    reservations: int
-    """How many reservations are live."""
-
-
-# -- the SQLite shell -------------------------------------------------------------------
+# -- the store --------------------------------------------------------------------------
 
 
 class SharedBudget(Store):
@@ -299,17 +259,7 @@ class SharedBudget(Store):
         self.name = nonempty_str(name, "SharedBudget name")
         """The pool's name."""
         limits = PoolLimits.of(usd=usd, tokens=tokens)
-        if (
-            isinstance(lease_seconds, bool)
-            or not isinstance(lease_seconds, (int, float))
-            or not math.isfinite(lease_seconds)
-            or lease_seconds <= 0
-        ):
-            raise ConfigurationError(
-                f"lease_seconds must be a positive number, got {lease_seconds!r}. Pass e.g. "
-                "lease_seconds=60, longer than the slowest model call."
-            )
-        self.lease_seconds = float(lease_seconds)
+        self.lease_seconds = check_lease(lease_seconds)
         """How long a reservation holds room without a commit or a release."""
         super().__init__(connect(path, timeout))
         self.path: str = os.fspath(path)
@@ -318,67 +268,16 @@ class SharedBudget(Store):
         self._host = socket.gethostname()
         self._setup(lambda: self._open(limits))
 
-    # -- plumbing
-
     def _open(self, limits: PoolLimits) -> None:
-        db = self._db
-        counts = {field: int for field in SPEND_COLUMNS}
-        counters = [f"{kind}_{field}" for kind in ("spent", "reserved") for field in SPEND_COLUMNS]
-        db.table(POOLS_TABLE).create(
-            {
-                "name": str,
-                "usd_micros_limit": int,
-                "tokens_limit": int,
-                **dict.fromkeys(counters, int),
-                "created_at": float,
-                "updated_at": float,
-            },
-            pk="name",
-            not_null={"name", *counters},
-            defaults=dict.fromkeys(counters, 0),
-            if_not_exists=True,
-        )
-        db.table(RESERVATIONS_TABLE).create(
-            {
-                "id": str,
-                "pool": str,
-                "key": str,
-                **counts,
-                "created_at": float,
-                "expires_at": float,
-                "pid": int,
-                "host": str,
-            },
-            pk="id",
-            not_null={"id", "pool", "key", *SPEND_COLUMNS, "expires_at"},
-            if_not_exists=True,
-        )
-        db.table(RESERVATIONS_TABLE).create_index(["pool", "expires_at"], if_not_exists=True)
-        db.table(COMMITS_TABLE).create(
-            {
-                "pool": str,
-                "key": str,
-                **counts,
-                "reservation_id": str,
-                "created_at": float,
-                "pid": int,
-                "host": str,
-            },
-            pk=("pool", "key"),
-            not_null={"pool", "key", *SPEND_COLUMNS},
-            if_not_exists=True,
-        )
+        _create_tables(self._db)
         try:
-            stored = _limits(db.table(POOLS_TABLE).get(self.name))
+            stored: PoolLimits | None = limits_of(self._db.table(POOLS_TABLE).get(self.name))
         except NotFoundError:
-            if limits.is_empty:
-                raise ConfigurationError(
-                    f"SharedBudget({self.name!r}) sets no limit and {self.path} has no such "
-                    "pool. Pass usd= and/or tokens=, e.g. "
-                    f"SharedBudget({self.name!r}, usd=20, path=...)."
-                ) from None
+            stored = None
+        check_open_limits(stored, limits, name=self.name, where=self.path)
+        if stored is None:
             now = self._clock()
-            db.table(POOLS_TABLE).insert(
+            self._db.table(POOLS_TABLE).insert(
                 {
                     "name": self.name,
                     "usd_micros_limit": limits.usd_micros,
@@ -387,73 +286,15 @@ class SharedBudget(Store):
                     "updated_at": now,
                 }
             )
-            return
-        if not limits.is_empty and limits != stored:
-            raise ConfigurationError(
-                f"Pool {self.name!r} in {self.path} already has limits {stored._describe()}; "
-                f"this SharedBudget asks for {limits._describe()}. Pass the same limits, omit "
-                "usd= and tokens= to use the stored ones, or change them for every holder "
-                "with SharedBudget.set_limits(usd=..., tokens=...)."
-            )
 
-    # The statements below run inside the BEGIN IMMEDIATE transaction, while this
-    # connection holds the database's write lock that every other holder waits for. They
-    # are plain SQL: sqlite-utils' get/update/delete re-read the schema on every call
-    # (about six statements each), which tripled the time the lock was held.
-
-    def _pool(self) -> dict[str, Any]:
-        cursor = self._conn.execute(f"SELECT * FROM {POOLS_TABLE} WHERE name = ?", [self.name])
-        found = cursor.fetchone()
-        if found is None:
-            raise ConfigurationError(
-                f"Pool {self.name!r} no longer exists in {self.path} (its row in "
-                f"{POOLS_TABLE} was deleted). Open it again with its limits."
-            )
-        return {column[0]: value for column, value in zip(cursor.description, found, strict=True)}
-
-    def _reap(self, now: float) -> tuple[dict[str, Any], Spend]:
-        """The pool row and its reserved amount after dropping expired reservations."""
-        row = self._pool()
-        reserved = _spend(row, "reserved_")
-        where, args = "pool = ? AND expires_at <= ?", [self.name, now]
-        stale, *sums = self._conn.execute(
-            f"SELECT count(*), {SUM_SPEND} FROM {RESERVATIONS_TABLE} WHERE {where}", args
-        ).fetchone()
-        if stale:
-            self._conn.execute(f"DELETE FROM {RESERVATIONS_TABLE} WHERE {where}", args)
-            reserved = _minus(reserved, spend_of(sums))
-            self._set(reserved=reserved, now=now)
-        return row, reserved
-
-    def _set(
-        self, *, now: float, spent: Spend | None = None, reserved: Spend | None = None
-    ) -> None:
-        updates: dict[str, Any] = {"updated_at": now}
-        if spent is not None:
-            updates.update(_counters("spent_", spent))
-        if reserved is not None:
-            updates.update(_counters("reserved_", reserved))
-        assignments = ", ".join(f"{column} = ?" for column in updates)
-        self._conn.execute(
-            f"UPDATE {POOLS_TABLE} SET {assignments} WHERE name = ?", [*updates.values(), self.name]
-        )
-
-    def _take(self, reservation: Reservation) -> Spend | None:
-        """Delete the reservation's row; the amount it held, or None if it was gone."""
-        if reservation.pool != self.name:
-            raise ConfigurationError(
-                f"The reservation belongs to pool {reservation.pool!r}, not {self.name!r}. "
-                "Commit or release it through the SharedBudget that granted it."
-            )
-        where = "id = ? AND pool = ?"
-        args = [reservation.id, self.name]
-        held = self._conn.execute(
-            f"SELECT {', '.join(SPEND_COLUMNS)} FROM {RESERVATIONS_TABLE} WHERE {where}", args
-        ).fetchone()
-        if held is None:
-            return None
-        self._conn.execute(f"DELETE FROM {RESERVATIONS_TABLE} WHERE {where}", args)
-        return spend_of(held)
+    def _counters(self, *, expire: bool) -> tuple[float, PoolCounters]:
+        """Now, and the pool's counters (after dropping expired reservations if
+        ``expire``), inside the transaction."""
+        now = self._clock()
+        read = _expire(self._conn, self.name, now=now) if expire else _read(self._conn, self.name)
+        if read is None:
+            raise pool_gone(self.name, self.path)
+        return now, read
 
     # -- the pool
 
@@ -474,35 +315,20 @@ class SharedBudget(Store):
         Raises:
             ConfigurationError: ``amount`` or ``key`` is not usable.
         """
-        counts = spend_row(amount, "amount")
-        wanted = Spend(**counts)
+        wanted = check_spend(amount, "amount")
         key = nonempty_str(key, "key")
 
         def work() -> Reservation | None:
-            now = self._clock()
-            row, reserved = self._reap(now)
-            if _limits(row).exceeded(spent=_spend(row, "spent_"), reserved=reserved, amount=wanted):
+            now, counters = self._counters(expire=True)
+            granted = grant(
+                counters, wanted, pool=self.name, key=key, now=now, lease_seconds=self.lease_seconds
+            )
+            if granted is None:
                 return None
-            held = Reservation(
-                id=uuid.uuid4().hex,
-                pool=self.name,
-                key=key,
-                amount=wanted,
-                expires_at=now + self.lease_seconds,
-            )
-            self._db.table(RESERVATIONS_TABLE).insert(
-                {
-                    "id": held.id,
-                    "pool": self.name,
-                    "key": key,
-                    **counts,
-                    "created_at": now,
-                    "expires_at": held.expires_at,
-                    "pid": os.getpid(),
-                    "host": self._host,
-                }
-            )
-            self._set(reserved=reserved + wanted, now=now)
+            held, after = granted
+            row = reservation_row(held, now=now, pid=os.getpid(), host=self._host)
+            self._db.table(RESERVATIONS_TABLE).insert(row)
+            _write(self._conn, self.name, now=now, spent=None, reserved=after.reserved)
             return held
 
         return self._write(work)
@@ -522,28 +348,18 @@ class SharedBudget(Store):
             ConfigurationError: ``actual`` is not usable, or the reservation is another
                 pool's.
         """
-        counts = spend_row(actual, "actual")
+        cost = check_spend(actual, "actual")
 
         def work() -> bool:
-            now = self._clock()
-            row = self._pool()
-            reserved = _spend(row, "reserved_")
-            held = self._take(reservation)
-            if held is not None:
-                reserved = _minus(reserved, held)
-            record = {
-                "pool": self.name,
-                "key": reservation.key,
-                **counts,
-                "reservation_id": reservation.id,
-                "created_at": now,
-                "pid": os.getpid(),
-                "host": self._host,
-            }
+            now, counters = self._counters(expire=False)
+            check_owner(reservation, self.name)
+            held = _take(self._conn, reservation)
+            row = commit_row(reservation, cost, now=now, pid=os.getpid(), host=self._host)
             table = self._db.table(COMMITS_TABLE)
-            counted = inserted(self._conn, lambda: table.insert(record, ignore=True))
-            spent = _spend(row, "spent_") + Spend(**counts) if counted else None
-            self._set(spent=spent, reserved=reserved, now=now)
+            counted = inserted(self._conn, lambda: table.insert(row, ignore=True))
+            after = counters.commit(held, cost if counted else None)
+            spent = after.spent if counted else None
+            _write(self._conn, self.name, now=now, spent=spent, reserved=after.reserved)
             return counted
 
         return self._write(work)
@@ -557,12 +373,13 @@ class SharedBudget(Store):
         """
 
         def work() -> bool:
-            now = self._clock()
-            row = self._pool()
-            held = self._take(reservation)
+            now, counters = self._counters(expire=False)
+            check_owner(reservation, self.name)
+            held = _take(self._conn, reservation)
             if held is None:
                 return False
-            self._set(reserved=_minus(_spend(row, "reserved_"), held), now=now)
+            reserved = counters.drop(held).reserved
+            _write(self._conn, self.name, now=now, spent=None, reserved=reserved)
             return True
 
         return self._write(work)
@@ -574,19 +391,11 @@ class SharedBudget(Store):
         """
 
         def work() -> PoolStatus:
-            row, reserved = self._reap(self._clock())
+            _, counters = self._counters(expire=True)
             (live,) = self._conn.execute(
                 f"SELECT count(*) FROM {RESERVATIONS_TABLE} WHERE pool = ?", [self.name]
             ).fetchone()
-            limits, spent = _limits(row), _spend(row, "spent_")
-            return {
-                "name": self.name,
-                "limits": {"usd_micros": limits.usd_micros, "tokens": limits.tokens},
-                "spent": _counters("", spent),
-                "reserved": _counters("", reserved),
-                "remaining": limits.remaining(spent=spent, reserved=reserved),
-                "reservations": live,
-            }
+            return counters.status(self.name, live=live)
 
         return self._write(work)
 
@@ -599,19 +408,14 @@ class SharedBudget(Store):
         Raises:
             ConfigurationError: A limit is not usable, or both are None.
         """
-        limits = PoolLimits.of(usd=usd, tokens=tokens)
-        if limits.is_empty:
-            raise ConfigurationError(
-                "set_limits() needs usd= or tokens= (a pool without limits grants "
-                "everything). Pass e.g. set_limits(usd=25, tokens=None)."
-            )
+        limits = new_limits(usd=usd, tokens=tokens)
 
         def work() -> None:
-            self._pool()
+            now, _ = self._counters(expire=False)
             self._conn.execute(
                 f"UPDATE {POOLS_TABLE} SET usd_micros_limit = ?, tokens_limit = ?, "
                 "updated_at = ? WHERE name = ?",
-                [limits.usd_micros, limits.tokens, self._clock(), self.name],
+                [limits.usd_micros, limits.tokens, now, self.name],
             )
 
         self._write(work)
@@ -639,7 +443,3 @@ class SharedBudget(Store):
     def close(self) -> None:
         """Close the pool's connection (reservations stay in the file until they expire)."""
         super().close()
-
-
-def _limits(row: dict[str, Any]) -> PoolLimits:
-    return PoolLimits(usd_micros=row["usd_micros_limit"], tokens=row["tokens_limit"])

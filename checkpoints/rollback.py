@@ -29,6 +29,10 @@ from channel versions, fails for parallel producers, picks the node before a ``S
 fan-in (re-sending the workers instead of going on to the aggregator), and a node that
 routed by ``Command`` leaves a fork with nothing to run. Not replayed: ``Send`` packets a
 producer returned inside a ``Command``.
+
+The decisions (which checkpoint, which producers, the fork's ledger and writes) are the
+I/O-free core in ``_rollback_core.py``, over ``StateSnapshot`` values; this module holds
+the sync and async shells that read the snapshots and write the fork through the graph.
 """
 
 from __future__ import annotations
@@ -40,12 +44,32 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import InvalidUpdateError
-from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
-from langgraph.types import Command, Overwrite, StateSnapshot, StateUpdate
+from langgraph.types import Overwrite, StateSnapshot, StateUpdate
 
-from sanegraph.guards import ConfigurationError, Ledger, SanegraphError, read_ledger
-from sanegraph.guards.ledger import new_ledger
+from sanegraph.guards import ConfigurationError
+from sanegraph.guards._compat import saver_loop
+
+from ._rollback_core import (
+    MAX_WALK,
+    NoSaneCheckpoint,
+    RollbackError,
+    UnknownThread,
+    Walk,
+    ambiguous,
+    check_grants,
+    check_patch,
+    checkpoint_config,
+    fork_ledger,
+    fork_writes,
+    found_target,
+    known,
+    needs_parent,
+    producer_step,
+    resume_config,
+    sane_id,
+    thread_config,
+)
 
 __all__ = (
     "NoSaneCheckpoint",
@@ -57,35 +81,10 @@ __all__ = (
     "rollback",
 )
 
-_PULL = "__pregel_pull"
-_MAX_WALK = 32
-"""How many rollback forks in a row are followed to find the producing node."""
-
 AnyGraph = Pregel[Any, Any, Any, Any]
 
 
-class RollbackError(SanegraphError):
-    """A thread cannot be rolled back.
-
-    Attributes:
-        thread_id: The thread.
-    """
-
-    def __init__(self, message: str, *, thread_id: str) -> None:
-        super().__init__(message)
-        self.thread_id = thread_id
-
-
-class UnknownThread(RollbackError, LookupError):
-    """The graph's checkpointer has no checkpoint for the thread."""
-
-
-class NoSaneCheckpoint(RollbackError):
-    """The thread has no checkpoint that passed every guard (e.g. its first guarded step
-    already failed), so there is nothing to roll back to."""
-
-
-# -- I/O-free core ----------------------------------------------------------------------
+# -- what both shells check and build ---------------------------------------------------
 
 
 def _checkpointer(graph: Any, fn: str) -> BaseCheckpointSaver[Any]:
@@ -105,11 +104,43 @@ def _checkpointer(graph: Any, fn: str) -> BaseCheckpointSaver[Any]:
     return saver
 
 
+def _prepare(
+    graph: AnyGraph, patch: Mapping[str, Any] | None, *, fn: str, grants: tuple[int, float]
+) -> dict[str, Any]:
+    """Check the graph, the grants and the patch before anything is read or written."""
+    _checkpointer(graph, fn)
+    check_grants(*grants, fn=fn)
+    return check_patch(patch, channels=graph.channels, fn=fn)
+
+
+def _writes(
+    graph: AnyGraph,
+    target: StateSnapshot,
+    *,
+    latest: StateSnapshot,
+    producers: tuple[str, ...] | None,
+    values: dict[str, Any],
+    grants: tuple[int, float],
+) -> list[StateUpdate]:
+    extra_hops, extra_seconds = grants
+    ledger = fork_ledger(target, latest, extra_hops=extra_hops, extra_seconds=extra_seconds)
+    # Overwrite: the fork's ledger replaces the sane one whole, past the ledger's reducer.
+    values = {**values, "guard": Overwrite(ledger)}
+    return fork_writes(target, producers, values=values, builder=getattr(graph, "builder", None))
+
+
+def _is_latest(latest: StateSnapshot, checkpoint_id: str) -> bool:
+    return bool(latest.config["configurable"]["checkpoint_id"] == checkpoint_id)
+
+
+# -- sync shell -------------------------------------------------------------------------
+
+
 def _sync_usable(saver: BaseCheckpointSaver[Any], fn: str) -> None:
-    # AsyncSqliteSaver (and LangGraph's other async savers) run sync calls on their event
-    # loop: from that loop they raise, with the loop stopped they block forever.
-    loop = getattr(saver, "loop", None)
-    if not isinstance(loop, asyncio.AbstractEventLoop):
+    # An async saver runs sync calls on its event loop: from that loop they raise, with
+    # the loop stopped they block forever.
+    loop = saver_loop(saver)
+    if loop is None:
         return
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -122,261 +153,22 @@ def _sync_usable(saver: BaseCheckpointSaver[Any], fn: str) -> None:
         )
 
 
-def _no_async(saver: BaseCheckpointSaver[Any], fn: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"a{fn}() needs a checkpointer with async methods, and {type(saver).__name__} has "
-        f"none: call {fn}(graph, config), or open the file with "
-        "async_sqlite_saver(path)."
-    )
-
-
-def _thread_config(config: RunnableConfig | None, fn: str) -> tuple[str, RunnableConfig]:
-    configurable = (config or {}).get("configurable") or {}
-    thread_id = configurable.get("thread_id")
-    if thread_id is None or thread_id == "":
-        raise ConfigurationError(
-            f"{fn}() needs the thread to roll back: pass "
-            "config={'configurable': {'thread_id': ...}}."
-        )
-    if configurable.get("checkpoint_ns"):
-        raise ConfigurationError(
-            f"{fn}() rolls back the root graph's thread; drop checkpoint_ns="
-            f"{configurable['checkpoint_ns']!r} from the config."
-        )
-    # "checkpoint_ns": "" lets SqliteSaver use its index instead of sorting the thread.
-    own: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
-    if configurable.get("checkpoint_id"):
-        own["checkpoint_id"] = configurable["checkpoint_id"]
-    return str(thread_id), {"configurable": own}
-
-
-def _at(thread_id: str, checkpoint_id: str) -> RunnableConfig:
-    return {
-        "configurable": {
-            "thread_id": thread_id,
-            "checkpoint_ns": "",
-            "checkpoint_id": checkpoint_id,
-        }
-    }
-
-
-def _known(snapshot: StateSnapshot, thread_id: str) -> StateSnapshot:
-    if snapshot.metadata is None:
-        raise UnknownThread(
-            f"Thread {thread_id!r} has no checkpoint in the graph's checkpointer. Check "
-            "the thread_id, and that the graph was compiled with the checkpointer (and "
-            "database file) the run used.",
-            thread_id=thread_id,
-        )
-    return snapshot
-
-
-def _sane_id(snapshot: StateSnapshot, thread_id: str) -> str:
-    """The newest sane checkpoint as seen from ``snapshot`` (see the module docstring)."""
-    if not snapshot.values.get("guard"):
-        raise NoSaneCheckpoint(
-            f"Thread {thread_id!r} has no sane checkpoint: no guarded step has run in it "
-            "yet. Run it first, or start it again with new input.",
-            thread_id=thread_id,
-        )
-    ledger = read_ledger(snapshot.values)
-    if (
-        ledger["status"] == "running"
-        and ledger["step_sane"]
-        and ledger["hops"]
-        and snapshot.next
-        and "__start__" not in snapshot.next
-    ):
-        return str(snapshot.config["configurable"]["checkpoint_id"])
-    sane = ledger["last_sane"]
-    if not sane:
-        raise NoSaneCheckpoint(
-            f"Thread {thread_id!r} has no sane checkpoint: no guarded step has passed "
-            f"every guard yet (hops={ledger['hops']}, status={ledger['status']!r}). "
-            "Start the thread again with new input, or a new thread.",
-            thread_id=thread_id,
-        )
-    return sane
-
-
-def _target(snapshot: StateSnapshot, thread_id: str, checkpoint_id: str) -> StateSnapshot:
-    if snapshot.metadata is None:
-        raise RollbackError(
-            f"Thread {thread_id!r}'s sane pointer names checkpoint {checkpoint_id!r}, which "
-            "the checkpointer does not have (were old checkpoints deleted?). Roll back "
-            "by hand with graph.update_state(config_with_checkpoint_id, values, as_node=...).",
-            thread_id=thread_id,
-        )
-    return snapshot
-
-
-def _check_patch(graph: AnyGraph, patch: Mapping[str, Any] | None, fn: str) -> dict[str, Any]:
-    if patch is None:
-        return {}
-    if not isinstance(patch, Mapping):
-        raise ConfigurationError(
-            f"{fn}(patch=...) takes a mapping of state keys to new values, got "
-            f"{type(patch).__name__}. Pass e.g. patch={{'topic': 'narrower'}}."
-        )
-    if "guard" in patch:
-        raise ConfigurationError(
-            f"{fn}(patch=...) must not contain 'guard': {fn}() writes the ledger itself "
-            "(the sane checkpoint's, with the loop window reset)."
-        )
-    unknown = [key for key in patch if key not in graph.channels]
-    if unknown:
-        keys = sorted(k for k in graph.channels if not k.startswith("__") and ":" not in k)
-        raise ConfigurationError(
-            f"{fn}(patch=...) has keys that are not in the graph's state: "
-            f"{', '.join(map(repr, unknown))}. State keys: {', '.join(keys)}."
-        )
-    return dict(patch)
-
-
-def _rollbacks(values: Mapping[str, Any]) -> int:
-    return read_ledger(values)["rollbacks"]
-
-
-def _fork_ledger(
-    target: StateSnapshot, latest: StateSnapshot, extra_hops: int, extra_seconds: float
-) -> Ledger:
-    ledger = new_ledger()
-    ledger.update(read_ledger(target.values))
-    ledger["window"] = []
-    ledger["status"] = "running"
-    ledger["outcome"] = None
-    ledger["rollbacks"] = max(_rollbacks(latest.values), ledger["rollbacks"]) + 1
-    if extra_hops or extra_seconds:
-        grants = dict(ledger["grants"])
-        if extra_hops:
-            grants["hops"] = grants.get("hops", 0) + extra_hops
-        if extra_seconds:
-            grants["seconds"] = grants.get("seconds", 0.0) + extra_seconds
-        ledger["grants"] = grants
-    return ledger
-
-
-def _check_grants(extra_hops: int, extra_seconds: float, fn: str) -> None:
-    if isinstance(extra_hops, bool) or not isinstance(extra_hops, int) or extra_hops < 0:
-        raise ConfigurationError(
-            f"{fn}(extra_hops=...) must be a whole number >= 0, got {extra_hops!r}."
-        )
-    if not isinstance(extra_seconds, (int, float)) or extra_seconds < 0:
-        raise ConfigurationError(
-            f"{fn}(extra_seconds=...) must be a number >= 0, got {extra_seconds!r}."
-        )
-
-
-class _Walk:
-    """Marker: the producers are those of the parent checkpoint (a fork rollback wrote)."""
-
-
-_WALK = _Walk()
-
-
-def _producer_step(
-    snapshot: StateSnapshot, parent: StateSnapshot
-) -> tuple[str, ...] | _Walk | None:
-    """The node(s) that wrote ``snapshot``, from its parent's tasks; None if unknown."""
-    source = (snapshot.metadata or {}).get("source")
-    if source in ("loop", "fork"):
-        # A "loop" checkpoint is what its parent's tasks wrote; a "fork" is a copy of such
-        # a checkpoint, made under the same parent.
-        names = tuple(dict.fromkeys(task.name for task in parent.tasks))
-        return names or None
-    if source == "update" and _rollbacks(snapshot.values) > _rollbacks(parent.values):
-        # A fork written by rollback(): written as the same node(s) as the checkpoint it
-        # forked, which is its parent.
-        return _WALK
-    return None
-
-
-def _needs_parent(snapshot: StateSnapshot) -> bool:
-    source = (snapshot.metadata or {}).get("source")
-    return snapshot.parent_config is not None and source in ("loop", "fork", "update")
-
-
-def _static_targets(builder: StateGraph[Any, Any, Any, Any], node: str) -> set[str] | None:
-    """Where ``node``'s edges can lead; None if a branch does not declare its ends."""
-    out = {end for start, end in builder.edges if start == node}
-    out.update(end for starts, end in builder.waiting_edges if node in starts)
-    for branch in builder.branches.get(node, {}).values():
-        if branch.ends is None:
-            return None
-        out.update(branch.ends.values())
-    return out
-
-
-def _replayed_gotos(
-    graph: AnyGraph, producers: tuple[str, ...], target: StateSnapshot
-) -> list[str]:
-    """Next nodes the producers reached by ``Command(goto=...)`` rather than by an edge."""
-    builder = getattr(graph, "builder", None)
-    if not isinstance(builder, StateGraph):
-        return []
-    reachable: set[str] = set()
-    for node in producers:
-        targets = _static_targets(builder, node)
-        if targets is None:
-            return []
-        reachable |= targets
-    pulled = (task.name for task in target.tasks if task.path and task.path[0] == _PULL)
-    return [name for name in dict.fromkeys(pulled) if name not in reachable]
-
-
-def _updates(
-    graph: AnyGraph,
-    producers: tuple[str, ...] | None,
-    target: StateSnapshot,
-    values: dict[str, Any],
-) -> list[StateUpdate]:
-    """The ``update_state`` writes of the fork: the patch as the first producer, the other
-    producers (parallel nodes of the same superstep) with no values, for their edges."""
-    if not producers:
-        return [StateUpdate(values, None)]
-    gotos = _replayed_gotos(graph, producers, target)
-    first: Any = Command(update=values, goto=gotos) if gotos else values
-    return [StateUpdate(first, producers[0]), *(StateUpdate(None, p) for p in producers[1:])]
-
-
-def _ambiguous(thread_id: str, checkpoint_id: str, exc: InvalidUpdateError) -> RollbackError:
-    return RollbackError(
-        f"Cannot tell which node wrote the sane checkpoint {checkpoint_id!r} of thread "
-        f"{thread_id!r} ({exc}). Fork it by hand with graph.update_state(config, values, "
-        "as_node=<the node that wrote it>).",
-        thread_id=thread_id,
-    )
-
-
-def _result(config: RunnableConfig | None, thread_id: str, written: RunnableConfig) -> Any:
-    new_id = written["configurable"]["checkpoint_id"]
-    base: dict[str, Any] = dict(config or {})
-    configurable = dict(base.get("configurable") or {})
-    configurable.update(thread_id=thread_id, checkpoint_ns="", checkpoint_id=new_id)
-    configurable.pop("checkpoint_map", None)
-    base["configurable"] = configurable
-    return base
-
-
-# -- sync shell -------------------------------------------------------------------------
-
-
-def _sync_start(graph: AnyGraph, config: RunnableConfig, fn: str) -> tuple[str, StateSnapshot]:
+def _sync_start(graph: AnyGraph, config: RunnableConfig, *, fn: str) -> tuple[str, StateSnapshot]:
     saver = _checkpointer(graph, fn)
     _sync_usable(saver, fn)
-    thread_id, own = _thread_config(config, fn)
-    return thread_id, _known(graph.get_state(own), thread_id)
+    thread_id, own = thread_config(config, fn)
+    return thread_id, known(graph.get_state(own), thread_id)
 
 
 def _sync_producers(graph: AnyGraph, target: StateSnapshot) -> tuple[str, ...] | None:
     snapshot = target
-    for _ in range(_MAX_WALK):
-        if not _needs_parent(snapshot):
+    for _ in range(MAX_WALK):
+        if not needs_parent(snapshot):
             return None
         assert snapshot.parent_config is not None
         parent = graph.get_state(snapshot.parent_config)
-        step = _producer_step(snapshot, parent)
-        if not isinstance(step, _Walk):
+        step = producer_step(snapshot, parent)
+        if not isinstance(step, Walk):
             return step
         snapshot = parent
     return None
@@ -401,8 +193,8 @@ def last_sane_checkpoint(graph: AnyGraph, config: RunnableConfig) -> str:
         UnknownThread: The checkpointer has no checkpoint for the thread.
         NoSaneCheckpoint: No guarded step of the thread has passed every guard.
     """
-    thread_id, latest = _sync_start(graph, config, "last_sane_checkpoint")
-    return _sane_id(latest, thread_id)
+    thread_id, latest = _sync_start(graph, config, fn="last_sane_checkpoint")
+    return sane_id(latest, thread_id)
 
 
 def rollback(
@@ -450,47 +242,56 @@ def rollback(
         result = graph.invoke(None, resume)
         ```
     """
-    _checkpointer(graph, "rollback")
-    _check_grants(extra_hops, extra_seconds, "rollback")
-    values = _check_patch(graph, patch, "rollback")
-    thread_id, latest = _sync_start(graph, config, "rollback")
-    sane = _sane_id(latest, thread_id)
-    target_cfg = _at(thread_id, sane)
-    target = latest if sane == latest.config["configurable"]["checkpoint_id"] else None
-    target = _target(target or graph.get_state(target_cfg), thread_id, sane)
-    values["guard"] = Overwrite(_fork_ledger(target, latest, extra_hops, extra_seconds))
-    updates = _updates(graph, _sync_producers(graph, target), target, values)
+    grants = (extra_hops, extra_seconds)
+    values = _prepare(graph, patch, fn="rollback", grants=grants)
+    thread_id, latest = _sync_start(graph, config, fn="rollback")
+    sane = sane_id(latest, thread_id)
+    at_sane = checkpoint_config(thread_id, sane)
+    read = latest if _is_latest(latest, sane) else graph.get_state(at_sane)
+    target = found_target(read, thread_id=thread_id, checkpoint_id=sane)
+    producers = _sync_producers(graph, target)
+    updates = _writes(
+        graph, target, latest=latest, producers=producers, values=values, grants=grants
+    )
     try:
-        written = graph.bulk_update_state(target_cfg, [updates])
+        written = graph.bulk_update_state(at_sane, [updates])
     except InvalidUpdateError as exc:
-        raise _ambiguous(thread_id, sane, exc) from exc
-    return _result(config, thread_id, written)  # type: ignore[no-any-return]
+        raise ambiguous(exc, thread_id=thread_id, checkpoint_id=sane) from exc
+    return resume_config(config, written, thread_id=thread_id)
 
 
 # -- async shell ------------------------------------------------------------------------
 
 
+def _no_async(saver: BaseCheckpointSaver[Any], fn: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"a{fn}() needs a checkpointer with async methods, and {type(saver).__name__} has "
+        f"none: call {fn}(graph, config), or open the file with "
+        "async_sqlite_saver(path)."
+    )
+
+
 async def _async_start(
-    graph: AnyGraph, config: RunnableConfig, fn: str
+    graph: AnyGraph, config: RunnableConfig, *, fn: str
 ) -> tuple[str, StateSnapshot]:
     saver = _checkpointer(graph, fn)
-    thread_id, own = _thread_config(config, fn)
+    thread_id, own = thread_config(config, fn)
     try:
         latest = await graph.aget_state(own)
     except NotImplementedError as exc:
         raise _no_async(saver, fn) from exc
-    return thread_id, _known(latest, thread_id)
+    return thread_id, known(latest, thread_id)
 
 
 async def _async_producers(graph: AnyGraph, target: StateSnapshot) -> tuple[str, ...] | None:
     snapshot = target
-    for _ in range(_MAX_WALK):
-        if not _needs_parent(snapshot):
+    for _ in range(MAX_WALK):
+        if not needs_parent(snapshot):
             return None
         assert snapshot.parent_config is not None
         parent = await graph.aget_state(snapshot.parent_config)
-        step = _producer_step(snapshot, parent)
-        if not isinstance(step, _Walk):
+        step = producer_step(snapshot, parent)
+        if not isinstance(step, Walk):
             return step
         snapshot = parent
     return None
@@ -499,8 +300,8 @@ async def _async_producers(graph: AnyGraph, target: StateSnapshot) -> tuple[str,
 async def alast_sane_checkpoint(graph: AnyGraph, config: RunnableConfig) -> str:
     """Async :func:`last_sane_checkpoint` (for async checkpointers such as
     ``AsyncSqliteSaver``)."""
-    thread_id, latest = await _async_start(graph, config, "last_sane_checkpoint")
-    return _sane_id(latest, thread_id)
+    thread_id, latest = await _async_start(graph, config, fn="last_sane_checkpoint")
+    return sane_id(latest, thread_id)
 
 
 async def arollback(
@@ -523,18 +324,19 @@ async def arollback(
         result = await graph.ainvoke(None, resume)
         ```
     """
-    _checkpointer(graph, "arollback")
-    _check_grants(extra_hops, extra_seconds, "arollback")
-    values = _check_patch(graph, patch, "arollback")
-    thread_id, latest = await _async_start(graph, config, "rollback")
-    sane = _sane_id(latest, thread_id)
-    target_cfg = _at(thread_id, sane)
-    target = latest if sane == latest.config["configurable"]["checkpoint_id"] else None
-    target = _target(target or await graph.aget_state(target_cfg), thread_id, sane)
-    values["guard"] = Overwrite(_fork_ledger(target, latest, extra_hops, extra_seconds))
-    updates = _updates(graph, await _async_producers(graph, target), target, values)
+    grants = (extra_hops, extra_seconds)
+    values = _prepare(graph, patch, fn="arollback", grants=grants)
+    thread_id, latest = await _async_start(graph, config, fn="rollback")
+    sane = sane_id(latest, thread_id)
+    at_sane = checkpoint_config(thread_id, sane)
+    read = latest if _is_latest(latest, sane) else await graph.aget_state(at_sane)
+    target = found_target(read, thread_id=thread_id, checkpoint_id=sane)
+    producers = await _async_producers(graph, target)
+    updates = _writes(
+        graph, target, latest=latest, producers=producers, values=values, grants=grants
+    )
     try:
-        written = await graph.abulk_update_state(target_cfg, [updates])
+        written = await graph.abulk_update_state(at_sane, [updates])
     except InvalidUpdateError as exc:
-        raise _ambiguous(thread_id, sane, exc) from exc
-    return _result(config, thread_id, written)  # type: ignore[no-any-return]
+        raise ambiguous(exc, thread_id=thread_id, checkpoint_id=sane) from exc
+    return resume_config(config, written, thread_id=thread_id)

@@ -32,6 +32,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from sanegraph.guards import ConfigurationError
+from sanegraph.guards._compat import sqlite_connection
 
 __all__ = ("DEFAULT_BUSY_TIMEOUT", "async_sqlite_saver", "open_sqlite_saver", "sqlite_saver")
 
@@ -138,7 +139,7 @@ class _SqliteSaverContext(AbstractContextManager[SqliteSaver]):
     ) -> None:
         saver, self._saver = self._saver, None
         if saver is not None:
-            saver.conn.close()
+            sqlite_connection(saver).close()
 
     async def __aenter__(self) -> NoReturn:
         raise ConfigurationError(

@@ -9,6 +9,7 @@ namespace strings or reaches into a builder's or a saver's attributes.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,12 +27,15 @@ __all__ = (
     "node_runnable",
     "replace_node_runnable",
     "root_checkpoint_id",
+    "saver_loop",
     "segment_node",
     "sqlite_connection",
+    "state_keys",
     "static_targets",
     "task_depth",
     "top_segment",
     "trigger_node",
+    "without_checkpoint_map",
 )
 
 NS_SEP = "|"
@@ -87,6 +91,21 @@ def root_checkpoint_id(config: Mapping[str, Any]) -> str | None:
     configurable = config.get("configurable") or {}
     found = (configurable.get("checkpoint_map") or {}).get("")
     return found if isinstance(found, str) and found else None
+
+
+def without_checkpoint_map(configurable: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a config's ``configurable`` without LangGraph's ``checkpoint_map``.
+
+    LangGraph puts ``checkpoint_map`` (see :func:`root_checkpoint_id`) in the config of
+    every task it runs, so a config taken from inside a node carries it. A run started
+    with a map that has an entry for the run's own namespace (``""`` for the root graph)
+    resumes from that checkpoint, not from ``checkpoint_id``, and records the map as the
+    new checkpoint's ``metadata["parents"]``: a config meant to point at one checkpoint
+    must not carry it.
+    """
+    out = dict(configurable)
+    out.pop("checkpoint_map", None)
+    return out
 
 
 # -- compiled graphs and builders ------------------------------------------------------
@@ -149,6 +168,15 @@ def replace_node_runnable(
     builder.nodes[name] = dataclasses.replace(spec, runnable=runnable)
 
 
+def state_keys(channels: Iterable[str]) -> list[str]:
+    """The state keys among a compiled graph's channels, sorted.
+
+    Next to one channel per state key, LangGraph adds its own: ``__start__``,
+    ``__pregel_tasks``, ``branch:to:<node>``, ``join:<a+b>:<node>`` and the like.
+    """
+    return sorted(name for name in channels if not name.startswith("__") and ":" not in name)
+
+
 def is_error_handler(spec: Any) -> bool:
     """Whether a builder node is an ``error_handler`` (not a node a run goes to)."""
     return bool(getattr(spec, "is_error_handler", False))
@@ -157,8 +185,10 @@ def is_error_handler(spec: Any) -> bool:
 def is_pull_task(task: Any) -> bool:
     """Whether a ``StateSnapshot`` task runs because a channel triggered it (an edge or a
     ``Command(goto=...)``), not because of a ``Send``."""
-    path: Any = getattr(task, "path", None)
-    return bool(path) and path[0] == PULL
+    path = getattr(task, "path", None)
+    if not path:
+        return False
+    return bool(path[0] == PULL)
 
 
 # -- checkpoints -----------------------------------------------------------------------
@@ -191,6 +221,18 @@ def sqlite_connection(saver: Any) -> Any:
             "changed how SqliteSaver keeps its connection; upgrade sanegraph."
         )
     return conn
+
+
+def saver_loop(saver: Any) -> asyncio.AbstractEventLoop | None:
+    """The event loop an async checkpointer belongs to; None for a sync one.
+
+    LangGraph's async savers (``AsyncSqliteSaver``, ``AsyncPostgresSaver``) keep the loop
+    they were opened in as ``loop`` and run their sync methods on it
+    (``asyncio.run_coroutine_threadsafe``): called from that loop they raise, and with the
+    loop stopped they block forever.
+    """
+    loop = getattr(saver, "loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
 def pending_nodes(checkpoint: Mapping[str, Any]) -> Iterable[str]:

@@ -18,6 +18,13 @@ from langgraph.runtime import ExecutionInfo, Runtime
 from langgraph.types import Send
 
 from sanegraph.checkpoints import Journal, TaskKey, async_sqlite_saver, sqlite_saver
+from sanegraph.checkpoints._journal_core import (
+    TASK_COLUMNS,
+    JournalBase,
+    call_row,
+    record_values,
+    sum_prior_calls,
+)
 from sanegraph.checkpoints.journal import CALLS_TABLE, STEPS_TABLE
 from sanegraph.guards import Budget, ConfigurationError
 from sanegraph.guards.budget import BudgetMeter, Spend, SpendJournal, metering
@@ -91,6 +98,71 @@ def test_task_key_rejects_an_empty_task_id() -> None:
         ),
     ):
         TaskKey(thread_id="t1", checkpoint_id="c1", task_id="")
+
+
+def test_the_core_sums_a_tasks_prior_calls_without_a_database() -> None:
+    assert sum_prior_calls([]) == (0, Spend())
+    rows = [
+        call_row(TASK, index, agent="analyst", spend=CALL, provider=None, model=None, now=0.0)
+        for index in (0, 2)  # call 1 failed unjournaled: its index stays used
+    ]
+    assert sum_prior_calls(rows) == (3, CALL + CALL)
+
+
+def test_a_meter_record_becomes_a_checked_call_row() -> None:
+    values = record_values(_record(4))
+    row = call_row(TASK, values.pop("call_index"), **values, now=12.5)
+    assert row == {
+        "thread_id": "t1",
+        "checkpoint_ns": "agent:abc",
+        "checkpoint_id": "c1",
+        "task_id": "abc",
+        "call_index": 4,
+        "agent": "analyst",
+        "provider": "openai",
+        "model": "gpt-4o",
+        **CALL.to_dict(),
+        "created_at": 12.5,
+    }
+    with pytest.raises(ConfigurationError, match=re.escape("agent must be a non-empty str")):
+        record = record_values(_record(0, agent=""))
+        call_row(TASK, record.pop("call_index"), **record, now=0.0)
+
+
+class MemoryJournal(JournalBase):
+    """A journal store in three methods: what a store for another database implements."""
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.steps: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def _insert_call(self, row: dict[str, Any]) -> bool:
+        key = tuple(row[c] for c in (*TASK_COLUMNS, "call_index"))
+        return self.calls.setdefault(key, row) is row
+
+    def _upsert_step(self, row: dict[str, Any]) -> bool:
+        key = tuple(row[c] for c in TASK_COLUMNS)
+        new = key not in self.steps
+        self.steps[key] = row
+        return new
+
+    def _task_calls(self, task: TaskKey) -> tuple[int, Spend]:
+        key = (task.thread_id, task.checkpoint_ns, task.checkpoint_id, task.task_id)
+        return sum_prior_calls(row for k, row in self.calls.items() if k[:4] == key)
+
+
+def test_a_store_of_three_methods_is_a_spend_journal_with_the_same_rules() -> None:
+    journal = MemoryJournal()
+    assert isinstance(journal, SpendJournal)
+    assert journal.log_call(INFO, _record(0))
+    assert not journal.log_call(INFO, _record(0, Spend(usd_micros=9)))
+    assert journal.log_call(INFO, _record(2))
+    assert journal.prior_calls(INFO.patch(node_attempt=2)) == (3, CALL + CALL)
+    assert journal.log_step(INFO, agent="analyst", hop=1, status="success", latency_us=5)
+    assert not journal.log_step(INFO, agent="analyst", hop=1, status="failed", latency_us=7)
+    assert [row["status"] for row in journal.steps.values()] == ["failed"]
+    with pytest.raises(ConfigurationError, match=re.escape("this one has no index.")):
+        journal.log_call(INFO, {k: v for k, v in _record(0).items() if k != "index"})
 
 
 # -- the journal on a file --------------------------------------------------------------
@@ -259,6 +331,16 @@ def test_the_next_index_follows_the_highest_even_after_a_gap(tmp_path: Path) -> 
         journal.log_call(INFO, _record(2))
 
         assert journal.prior_calls(INFO) == (3, CALL + CALL)
+
+
+def test_the_sqlite_query_sums_prior_calls_as_the_core_does(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        for index in (0, 2):
+            journal.log_call(INFO, _record(index))
+        journal.log_call(INFO.patch(task_id="def"), _record(7))
+        rows = [call for call in journal.calls("t1") if call["task_id"] == "abc"]
+
+        assert journal.prior_calls(INFO) == sum_prior_calls(rows) == (3, CALL + CALL)
 
 
 def test_logging_a_call_twice_journals_it_once(tmp_path: Path) -> None:

@@ -19,6 +19,13 @@ from typing import Any
 
 import pytest
 
+from sanegraph.checkpoints._pool_core import (
+    PoolCounters,
+    check_open_limits,
+    grant,
+    is_expired,
+    pool_gone,
+)
 from sanegraph.checkpoints.journal import TaskKey
 from sanegraph.checkpoints.pool import (
     COMMITS_TABLE,
@@ -80,6 +87,65 @@ def test_would_exceed_is_strictly_greater_than_the_limit() -> None:
     )
     assert limits.remaining(spent=spent, reserved=reserved) == {"usd_micros": 10, "tokens": 30}
     assert limits.remaining(spent=usd(500), reserved=Spend()) == {"usd_micros": 0, "tokens": 50}
+
+
+def test_the_core_grants_refuses_commits_and_drops_on_plain_values() -> None:
+    """The pool's rules without a database: what any store (SQLite, later Postgres)
+    writes back after reading the counters under its lock."""
+    empty = PoolCounters(limits=PoolLimits(usd_micros=100), spent=Spend(), reserved=Spend())
+
+    granted = grant(empty, usd(60), pool="acme", key="call-1", now=1_000.0, lease_seconds=30)
+    assert granted is not None
+    held, after = granted
+    assert (held.pool, held.key, held.amount, held.expires_at) == (
+        "acme",
+        "call-1",
+        usd(60),
+        1_030.0,
+    )
+    assert (after.spent, after.reserved) == (Spend(), usd(60))
+    assert grant(after, usd(41), pool="acme", key="call-2", now=1_000.0, lease_seconds=30) is None
+    assert after.reserve(usd(40)) == PoolCounters(
+        limits=PoolLimits(usd_micros=100), spent=Spend(), reserved=usd(100)
+    )
+
+    # Reality wins: a commit above the reservation counts in full; a key already
+    # counted gives its reservation back and counts nothing.
+    committed = after.commit(usd(60), usd(75))
+    assert (committed.spent, committed.reserved) == (usd(75), Spend())
+    again = after.commit(usd(60), None)
+    assert (again.spent, again.reserved) == (Spend(), Spend())
+    late = empty.commit(None, usd(5))  # the reservation had expired: nothing to give back
+    assert (late.spent, late.reserved) == (usd(5), Spend())
+    assert after.drop(usd(60)).reserved == Spend()
+
+    assert committed.status("acme", live=0) == {
+        "name": "acme",
+        "limits": {"usd_micros": 100, "tokens": None},
+        "spent": {"usd_micros": 75, "input_tokens": 0, "output_tokens": 0},
+        "reserved": {"usd_micros": 0, "input_tokens": 0, "output_tokens": 0},
+        "remaining": {"usd_micros": 25, "tokens": None},
+        "reservations": 0,
+    }
+
+
+def test_a_lease_ends_at_expires_at_inclusive() -> None:
+    assert not is_expired(1_030.0, 1_029.9)
+    assert is_expired(1_030.0, 1_030.0)
+
+
+def test_opening_limits_are_checked_against_the_stored_ones_without_a_file() -> None:
+    stored = PoolLimits(usd_micros=20 * DOLLAR)
+    check_open_limits(None, stored, name="acme", where="mem")  # creates
+    check_open_limits(stored, PoolLimits(), name="acme", where="mem")  # attaches
+    check_open_limits(
+        stored, PoolLimits.of(usd=Decimal("20.0"), tokens=None), name="acme", where="mem"
+    )
+    with pytest.raises(ConfigurationError, match=re.escape("asks for usd=21, tokens=None.")):
+        check_open_limits(stored, PoolLimits.of(usd=21, tokens=None), name="acme", where="mem")
+    with pytest.raises(ConfigurationError, match=re.escape("sets no limit and mem has no")):
+        check_open_limits(None, PoolLimits(), name="acme", where="mem")
+    assert "Open it again with its limits." in str(pool_gone("acme", "mem"))
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, Send, interrupt
+from langgraph.types import Command, PregelTask, Send, StateSnapshot, StateUpdate, interrupt
 
 from sanegraph.checkpoints import (
     NoSaneCheckpoint,
@@ -28,6 +28,14 @@ from sanegraph.checkpoints import (
     last_sane_checkpoint,
     rollback,
     sqlite_saver,
+)
+from sanegraph.checkpoints._rollback_core import (
+    WALK,
+    fork_ledger,
+    fork_writes,
+    producer_step,
+    resume_config,
+    sane_id,
 )
 from sanegraph.guards import (
     ConfigurationError,
@@ -42,6 +50,8 @@ from sanegraph.guards import (
     read_ledger,
     task_owner,
 )
+from sanegraph.guards._compat import PULL
+from sanegraph.guards.ledger import new_ledger
 from sanegraph.guards.testing import (
     ScriptedChatModel,
     async_scripted_agent,
@@ -91,6 +101,96 @@ CONFIG: RunnableConfig = {"configurable": {"thread_id": "t1"}}
 
 def _id(config: RunnableConfig) -> str:
     return str(config["configurable"]["checkpoint_id"])
+
+
+# -- unit tier: the core's decisions on hand-built snapshots ----------------------------
+
+
+def _snapshot(
+    checkpoint_id: str,
+    *,
+    ledger: dict[str, Any] | None = None,
+    next: tuple[str, ...] = (),
+    source: str = "loop",
+    tasks: tuple[PregelTask, ...] = (),
+) -> StateSnapshot:
+    values = {"guard": {**new_ledger(), **(ledger or {})}}
+    config: RunnableConfig = {"configurable": {"thread_id": "t1", "checkpoint_id": checkpoint_id}}
+    parent: RunnableConfig = {"configurable": {"thread_id": "t1", "checkpoint_id": "parent"}}
+    return StateSnapshot(values, next, config, {"source": source}, None, parent, tasks, ())  # type: ignore[arg-type]
+
+
+def _pulled(name: str) -> PregelTask:
+    return PregelTask(id=name, name=name, path=(PULL, name))
+
+
+def test_the_sane_checkpoint_is_the_newest_one_while_a_sane_run_waits() -> None:
+    paused = _snapshot("c5", ledger={"hops": 2, "last_sane": "c3"}, next=("analyst",))
+    tripped = paused._replace(values={"guard": {**paused.values["guard"], "status": "tripped"}})
+    finished = paused._replace(next=())
+
+    assert sane_id(paused, "t1") == "c5"
+    assert sane_id(tripped, "t1") == sane_id(finished, "t1") == "c3"
+    with pytest.raises(NoSaneCheckpoint, match=re.escape("(hops=0, status='tripped')")):
+        sane_id(_snapshot("c1", ledger={"status": "tripped"}), "t1")
+
+
+def test_the_producers_are_read_from_the_parents_tasks() -> None:
+    parent = _snapshot("c1", tasks=(_pulled("P1"), _pulled("P2"), _pulled("P1")))
+    fork = _snapshot("c3", source="update", ledger={"rollbacks": 1})
+
+    assert producer_step(_snapshot("c2"), parent) == ("P1", "P2")
+    assert producer_step(fork, parent) is WALK  # a rollback fork: ask its parent
+    assert producer_step(_snapshot("c2", source="input"), parent) is None
+
+
+def test_the_fork_writes_replay_a_command_goto_and_every_parallel_producer() -> None:
+    builder = StateGraph(Flow)
+    for name in ("A", "B", "C", "J"):
+        builder.add_node(name, lambda state: {})
+    builder.add_edge("A", "B")
+    builder.add_edge("B", "J")
+    builder.add_edge("C", "J")
+    after_a = _snapshot("c2", next=("B", "C"), tasks=(_pulled("B"), _pulled("C")))
+    after_bc = _snapshot("c3", next=("J",), tasks=(_pulled("J"),))
+    values = {"topic": "y"}
+
+    # A reached B by its edge and C by Command(goto="C"): only the goto is replayed.
+    (write,) = fork_writes(after_a, ("A",), values=values, builder=builder)
+    assert write.as_node == "A" and write.values == Command(update=values, goto=["C"])
+    assert fork_writes(after_bc, ("B", "C"), values=values, builder=builder) == [
+        StateUpdate(values, "B"),
+        StateUpdate(None, "C"),
+    ]
+    assert fork_writes(after_a, None, values=values, builder=builder) == [StateUpdate(values, None)]
+
+
+def test_the_fork_ledger_resets_the_window_and_adds_the_grants() -> None:
+    target = _snapshot("c2", ledger={"window": [["a", "x"]], "status": "tripped", "hops": 4})
+    latest = _snapshot("c9", ledger={"rollbacks": 2})
+
+    ledger = fork_ledger(target, latest, extra_hops=3, extra_seconds=0.0)
+
+    assert (ledger["window"], ledger["status"], ledger["hops"]) == ([], "running", 4)
+    assert (ledger["rollbacks"], ledger["grants"]) == (3, {"hops": 3})
+
+
+def test_the_resume_config_points_at_the_fork_and_drops_the_checkpoint_map() -> None:
+    caller: RunnableConfig = {
+        "recursion_limit": 50,
+        "configurable": {"thread_id": "t1", "checkpoint_map": {"": "old"}, "user": "u"},
+    }
+    written: RunnableConfig = {"configurable": {"checkpoint_id": "fork"}}
+
+    assert resume_config(caller, written, thread_id="t1") == {
+        "recursion_limit": 50,
+        "configurable": {
+            "thread_id": "t1",
+            "user": "u",
+            "checkpoint_ns": "",
+            "checkpoint_id": "fork",
+        },
+    }
 
 
 # -- the scenario, on every checkpointer, sync and async --------------------------------
@@ -419,6 +519,23 @@ def test_a_re_invoked_thread_rolls_back_within_its_newest_run() -> None:
     done = graph.invoke(None, resume)
     assert done["log"] == ["R:x", "R:y"]
     assert read_ledger(done)["hops"] == 2
+
+
+def test_a_config_taken_inside_a_node_resumes_from_the_fork() -> None:
+    # A node's config carries LangGraph's checkpoint_map, which would resume the run from
+    # the checkpoint it names instead of the fork.
+    team = Team()
+    graph = team.builder.compile(checkpointer=InMemorySaver())
+    graph.invoke({"topic": "tides"}, CONFIG)
+    first = next(s for s in graph.get_state_history(CONFIG) if s.next == ("researcher",))
+    from_node: RunnableConfig = {
+        "configurable": {"thread_id": "t1", "checkpoint_map": {"": _id(first.config)}}
+    }
+
+    graph.invoke(None, rollback(graph, from_node, patch={"topic": "spring tides"}))
+
+    assert team.asked(team.researcher) == ["tides"]
+    assert team.asked(team.analyst) == ["tides", "spring tides"]
 
 
 # -- O(1) in history length -------------------------------------------------------------
