@@ -158,7 +158,7 @@ def is_pull_task(task: Any) -> bool:
     """Whether a ``StateSnapshot`` task runs because a channel triggered it (an edge or a
     ``Command(goto=...)``), not because of a ``Send``."""
     path = getattr(task, "path", None)
-    return bool(path) and path[0] == PULL
+    return path is not None and len(path) > 0 and path[0] == PULL
 
 
 # -- checkpoints -----------------------------------------------------------------------
