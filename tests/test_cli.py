@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sanegraph.checkpoints.cli import main
+from sanegraph.cli import main
 
 RUNS = ("unguarded", "guarded", "hop cap only", "escalated", "rolled back")
 """The demo's rows, in order."""

@@ -24,7 +24,7 @@ class ThreadSummary(dict[str, Any]):
 
 
 def _saver(db: str) -> Any:
-    from .saver import open_sqlite_saver
+    from sanegraph.checkpoints import open_sqlite_saver
 
     if not Path(db).exists():
         raise SystemExit(

@@ -31,11 +31,10 @@ from langgraph.errors import GraphRecursionError
 from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
+from sanegraph.checkpoints import open_sqlite_saver, rollback
+from sanegraph.graphs import SequentialState, parallel_graph, sequential_graph
 from sanegraph.guards import Budget, GuardPolicy, outcome_of, read_ledger
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
-
-from .rollback import rollback
-from .saver import open_sqlite_saver
 
 __all__ = ("DemoReport", "DemoRun", "run_demo")
 
@@ -135,8 +134,6 @@ def _as_node(model: ScriptedChatModel, name: str) -> Callable[[Any], dict[str, A
 
 def _unguarded(saver: Any) -> DemoRun:
     """Plain LangGraph: the analyst's 'partial' sends the run back to the researcher."""
-    from sanegraph.graphs import SequentialState
-
     researcher, analyst = _models()
 
     def route(state: Any) -> Literal["researcher", "__end__"]:
@@ -175,8 +172,6 @@ def _unguarded(saver: Any) -> DemoRun:
 
 
 def _guarded_graph(kind: GraphKind, policy: GuardPolicy, models: tuple[Any, Any]) -> Any:
-    from sanegraph.graphs import parallel_graph, sequential_graph
-
     researcher, analyst = models
     if kind == "sequential":
         return sequential_graph(

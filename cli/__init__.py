@@ -1,0 +1,18 @@
+"""sanegraph.cli: the ``sanegraph`` command (``demo``, ``runs``, ``show``) and the demo.
+
+The only sanegraph package that may import all the others: ``guards``, ``graphs`` and
+``checkpoints`` never import it.
+"""
+
+from .app import ThreadSummary, list_threads, main, thread_summary
+from .demo import DemoReport, DemoRun, run_demo
+
+__all__ = (
+    "DemoReport",
+    "DemoRun",
+    "ThreadSummary",
+    "list_threads",
+    "main",
+    "run_demo",
+    "thread_summary",
+)
