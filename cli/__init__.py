@@ -4,8 +4,9 @@ The only sanegraph package that may import all the others: ``guards``, ``graphs`
 ``checkpoints`` never import it.
 """
 
-from .app import ThreadSummary, list_threads, main, thread_summary
+from .app import main
 from .demo import DemoReport, DemoRun, run_demo
+from .threads import ThreadSummary, list_threads, thread_summary
 
 __all__ = (
     "DemoReport",

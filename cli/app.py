@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sanegraph.guards import read_ledger
+from sanegraph.guards._compat import sqlite_connection
 
-__all__ = ("ThreadSummary", "list_threads", "main", "thread_summary")
+from .threads import ThreadSummary, list_threads, thread_summary
 
-
-class ThreadSummary(dict[str, Any]):
-    """One thread's guard summary (a JSON-ready dict): id, status, hops, trips, ..."""
+__all__ = ("main",)
 
 
 def _saver(db: str) -> Any:
@@ -31,91 +29,6 @@ def _saver(db: str) -> Any:
             f"sanegraph: no such file: {db}. Run `sanegraph demo` first, or pass --db."
         )
     return open_sqlite_saver(db)
-
-
-def _has_next(checkpoint: Mapping[str, Any]) -> bool:
-    """Whether a checkpoint has tasks left to run, read from the checkpoint alone.
-
-    LangGraph's rule (``prepare_next_tasks``) without the graph: a node runs when one of
-    its trigger channels (``__start__``, ``branch:to:<node>``, ``join:<a+b>:<node>``) holds
-    a value newer than the version the node last saw, and ``Send`` packets wait in
-    ``__pregel_tasks``.
-    """
-    values = checkpoint["channel_values"]
-    versions = checkpoint["channel_versions"]
-    seen = checkpoint.get("versions_seen") or {}
-    if values.get("__pregel_tasks"):
-        return True
-    for channel in values:
-        if channel == "__start__":
-            node = channel
-        elif channel.startswith(("branch:to:", "join:")):
-            node = channel.rpartition(":")[2]
-        else:
-            continue
-        last = (seen.get(node) or {}).get(channel)
-        version = versions.get(channel)
-        if last is None or (version is not None and type(version) is type(last) and version > last):
-            return True
-    return False
-
-
-def _status(found: Any, ledger_status: str) -> str:
-    """The thread's status: the ledger's, or what the checkpoint shows it cannot say.
-
-    ``paused`` waits on an ``interrupt()``; ``error`` had a node raise (re-invoking the
-    thread retries it); ``finished`` reached END with nothing tripped.
-    """
-    channels = {channel for _, channel, _ in found.pending_writes or []}
-    if "__interrupt__" in channels:
-        return "paused"
-    if "__error__" in channels:
-        return "error"
-    if ledger_status == "running" and not _has_next(found.checkpoint):
-        return "finished"
-    return ledger_status
-
-
-def thread_summary(saver: Any, thread_id: str) -> ThreadSummary | None:
-    """Summarize the newest checkpoint of ``thread_id`` (None if the thread is unknown)."""
-    found = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
-    if found is None:
-        return None
-    values = found.checkpoint["channel_values"]
-    ledger = read_ledger(values)
-    return ThreadSummary(
-        thread_id=thread_id,
-        checkpoint_id=found.checkpoint["id"],
-        status=_status(found, ledger["status"]),
-        hops=ledger["hops"],
-        by_agent=ledger["by_agent"],
-        trips=ledger["trip_count"],
-        last_trip=ledger["trips"][-1] if ledger["trips"] else None,
-        last_sane=ledger["last_sane"],
-        rollbacks=ledger["rollbacks"],
-        recent=ledger["recent"],
-        outcome=ledger["outcome"],
-        spent=ledger["spent"],
-        spent_by_agent=ledger["spent_by_agent"],
-        warned=ledger["warned"],
-    )
-
-
-def list_threads(saver: Any) -> list[ThreadSummary]:
-    """Every top-level thread in a SQLite checkpoint file, newest first."""
-    import sqlite_utils
-
-    db = sqlite_utils.Database(saver.conn)
-    rows = db.query(
-        "select thread_id, max(checkpoint_id) as newest from checkpoints "
-        "where checkpoint_ns = '' group by thread_id order by newest desc"
-    )
-    summaries = [thread_summary(saver, row["thread_id"]) for row in rows]
-    return [s for s in summaries if s is not None]
-
-
-def _kind(trip: dict[str, Any] | None) -> str:
-    return str(trip["kind"]) if trip else "-"
 
 
 def _usd(spent: dict[str, int]) -> str:
@@ -231,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_show(summary)
         return 0
     finally:
-        saver.conn.close()
+        sqlite_connection(saver).close()
 
 
 if __name__ == "__main__":  # pragma: no cover

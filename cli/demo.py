@@ -34,6 +34,7 @@ from langgraph.types import Command
 from sanegraph.checkpoints import open_sqlite_saver, rollback
 from sanegraph.graphs import SequentialState, parallel_graph, sequential_graph
 from sanegraph.guards import Budget, GuardPolicy, outcome_of, read_ledger
+from sanegraph.guards._compat import sqlite_connection
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
 __all__ = ("DemoReport", "DemoRun", "run_demo")
@@ -313,7 +314,7 @@ def run_demo(
             )
         )
     finally:
-        saver.conn.close()
+        sqlite_connection(saver).close()
     hints = [
         f"sanegraph runs --db {path}          # every thread in the file, with status and hops",
         f"sanegraph show --db {path} {runs[1].thread_id}   # one thread's ledger and trips",
