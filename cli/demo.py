@@ -37,7 +37,9 @@ from sanegraph.guards import Budget, GuardPolicy, outcome_of, read_ledger
 from sanegraph.guards._compat import sqlite_connection
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
-__all__ = ("DemoReport", "DemoRun", "run_demo")
+from ._format import table
+
+__all__ = ("DemoReport", "DemoRun", "render", "run_demo")
 
 GraphKind = Literal["sequential", "parallel"]
 
@@ -341,15 +343,11 @@ def render(report: DemoReport) -> str:
         )
         for r in report.runs
     ]
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [
         f"sanegraph demo: the researcher/analyst incident ({report.graph} graph, "
         f"max_hops={report.max_hops}, scripted {MODEL})",
         "",
-        line.format(*head).rstrip(),
-        line.format(*("-" * w for w in widths)),
-        *(line.format(*row).rstrip() for row in rows),
+        *table(head, rows, rule=True),
         "",
     ]
     for run in report.runs:

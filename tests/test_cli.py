@@ -116,10 +116,8 @@ def test_demo_max_hops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     db = tmp_path / "demo.sqlite"
     assert main(["demo", "--db", str(db), "--max-hops", "6", "--json"]) == 0
     _check_facts(_json_runs(capsys.readouterr().out)[1], max_hops=6)
-    with pytest.raises(SystemExit) as exc:
-        main(["demo", "--db", str(db), "--max-hops", "1"])
-    assert exc.value.code == 2
-    assert "--max-hops must be at least 2" in capsys.readouterr().err
+    assert main(["demo", "--db", str(db), "--max-hops", "1"]) == 2
+    assert "Error: --max-hops must be at least 2, got 1.\n" in capsys.readouterr().err
 
 
 def test_runs_lists_the_threads(
@@ -202,12 +200,44 @@ def test_missing_database(tmp_path: Path, command: list[str]) -> None:
     assert not db.exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        ([], None),
+        (["nope"], "Error: No such command 'nope'."),
+        (["show"], "Error: Missing argument 'THREAD'."),
+        (["demo", "--graph", "dag"], "Error: Invalid value for '--graph'"),
+        (["runs", "--max-hops", "3"], "Error: No such option"),
+    ],
+    ids=["no-command", "unknown-command", "no-thread", "bad-choice", "unknown-option"],
+)
+def test_usage_errors_return_2_with_clicks_message(
+    argv: list[str], error: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``main`` returns click's exit status 2 instead of raising SystemExit."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Usage: sanegraph" in captured.out + captured.err
+    if error is not None:
+        assert captured.out == ""
+        assert error in captured.err
+        assert "Traceback" not in captured.err
+
+
+def test_help_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: sanegraph [OPTIONS] COMMAND [ARGS]...")
+    assert main(["show", "-h"]) == 0
+    assert capsys.readouterr().out.startswith("Usage: sanegraph show [OPTIONS] THREAD")
+
+
 def test_console_script_help() -> None:
     script = Path(sys.executable).with_name("sanegraph")
     assert script.exists(), f"no console script next to {sys.executable}: pip install -e ."
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("usage: sanegraph")
+    assert proc.stdout.startswith("Usage: sanegraph")
     for command in ("demo", "runs", "show"):
         assert command in proc.stdout
 
