@@ -3,6 +3,8 @@
 ``runs`` and ``show`` read a SQLite checkpoint file directly (through the saver, never by
 unpickling rows by hand), so they work on any guarded graph's threads without importing
 the graph. ``--json`` on every command prints one JSON object or array instead of text.
+Bad input (a ``--db`` that is missing, a folder, not SQLite or without checkpoints; an
+unknown thread) is one ``sanegraph: ...`` line on stderr and exit status 2.
 
 :func:`main` runs the command in-process and returns its exit status, so tests and
 scripts can call ``main(["runs", "--db", path])``; the console script exits with it.
@@ -12,14 +14,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from sanegraph.guards._compat import sqlite_connection
-
 from ._format import runs_lines, show_lines
+from ._input import BadInput, reading
 from .demo import GraphKind, render, run_demo
 from .threads import list_threads, thread_summary
 
@@ -27,16 +27,6 @@ __all__ = ("main",)
 
 DEFAULT_DB = "sanegraph-demo.db"
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _saver(db: str) -> Any:
-    from sanegraph.checkpoints import open_sqlite_saver
-
-    if not Path(db).exists():
-        raise SystemExit(
-            f"sanegraph: no such file: {db}. Run `sanegraph demo` first, or pass --db."
-        )
-    return open_sqlite_saver(db)
 
 
 def _echo_lines(lines: Sequence[str]) -> None:
@@ -86,11 +76,8 @@ def demo(db: str, graph: GraphKind, max_hops: int, as_json: bool) -> None:
 @_json_option("one array")
 def runs(db: str, as_json: bool) -> None:
     """List the threads in a checkpoint file."""
-    saver = _saver(db)
-    try:
+    with reading(db) as saver:
         threads = list_threads(saver)
-    finally:
-        sqlite_connection(saver).close()
     if as_json:
         _echo_json(threads)
     else:
@@ -103,15 +90,10 @@ def runs(db: str, as_json: bool) -> None:
 @_json_option("one object")
 def show(thread_id: str, db: str, as_json: bool) -> None:
     """Show one thread's guard ledger."""
-    saver = _saver(db)
-    try:
+    with reading(db) as saver:
         summary = thread_summary(saver, thread_id)
-    finally:
-        sqlite_connection(saver).close()
     if summary is None:
-        missing = f"sanegraph: no thread {thread_id!r} in {db}."
-        click.echo(f"{missing} `sanegraph runs` lists them.", err=True)
-        raise click.exceptions.Exit(1)
+        raise BadInput(f"no thread {thread_id!r} in {db}. `sanegraph runs --db {db}` lists them.")
     if as_json:
         _echo_json(summary)
     else:
@@ -121,14 +103,15 @@ def show(thread_id: str, db: str, as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sanegraph`` command and return its exit status.
 
-    Errors in the arguments print click's usage message and return 2, as the console
-    script exits.
+    Errors in the arguments print click's usage message and return 2; bad input (see
+    the module docstring) prints one line and returns 2. The console script exits with
+    the same status.
 
     Args:
         argv: The arguments after the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        0 on success, 2 for a usage error.
+        0 on success, 2 for a usage error or bad input.
 
     Example:
         ```python

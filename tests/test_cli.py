@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -181,23 +183,103 @@ def test_show_unknown_thread(
     demo: tuple[Path, dict[str, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     db, _ = demo
-    assert main(["show", "no-such-thread", "--db", str(db)]) == 1
+    assert main(["show", "no-such-thread", "--db", str(db)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        f"sanegraph: no thread 'no-such-thread' in {db}. `sanegraph runs` lists them.\n"
+        f"sanegraph: no thread 'no-such-thread' in {db}. `sanegraph runs --db {db}` lists them.\n"
     )
 
 
-@pytest.mark.parametrize("command", [["runs"], ["show", "t1"]], ids=["runs", "show"])
-def test_missing_database(tmp_path: Path, command: list[str]) -> None:
-    db = tmp_path / "missing.sqlite"
-    with pytest.raises(SystemExit) as exc:
-        main([*command, "--db", str(db)])
-    assert exc.value.code == (
-        f"sanegraph: no such file: {db}. Run `sanegraph demo` first, or pass --db."
+PASS_DB = "Pass --db with a checkpoint file written by SqliteSaver."
+
+
+def _sqlite(path: Path, *tables: str) -> None:
+    conn = sqlite3.connect(path)
+    for table in tables:
+        conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+
+
+def _bad_db(case: str, path: Path) -> tuple[Path, str]:
+    """A --db that ``runs`` and ``show`` must refuse, and the line they must print
+    (a regular expression: SQLite's own words vary by version for a damaged file)."""
+    if case == "missing":
+        return path, re.escape(
+            f"no such file: {path}. Pass --db with a checkpoint file written by SqliteSaver, "
+            "or run `sanegraph demo` to write one."
+        )
+    if case == "directory":
+        path.mkdir()
+        return path, re.escape(f"{path} is a directory. {PASS_DB}")
+    if case in ("text", "random bytes"):
+        text = (
+            b"thread_id,status\nt1,done\n" if case == "text" else random.Random(7).randbytes(4096)
+        )
+        path.write_bytes(text)
+        return path, re.escape(f"{path} is not a SQLite file. {PASS_DB}")
+    if case in ("empty", "other tables"):
+        path.touch()
+        if case == "other tables":
+            _sqlite(path, "notes")
+        return path, re.escape(
+            f"{path} is a SQLite file without LangGraph's 'checkpoints' and 'writes' tables. "
+            f"{PASS_DB}"
+        )
+    if case == "no writes table":
+        _sqlite(path, "checkpoints")
+        return path, re.escape(
+            f"{path} is a SQLite file without LangGraph's 'writes' table. {PASS_DB}"
+        )
+    assert case == "damaged"
+    # A SQLite header, then garbage where the schema should be.
+    path.write_bytes(b"SQLite format 3\x00" + random.Random(7).randbytes(8192))
+    return path, re.escape(f"cannot read {path} (") + r"[^\n]+" + re.escape(f"). {PASS_DB}")
+
+
+BAD_DBS = (
+    "missing",
+    "directory",
+    "text",
+    "random bytes",
+    "empty",
+    "other tables",
+    "no writes table",
+    "damaged",
+)
+"""Each --db that is not a checkpoint file, by what is wrong with it."""
+
+
+@pytest.mark.parametrize("case", BAD_DBS)
+@pytest.mark.parametrize(
+    "command", [["runs"], ["runs", "--json"], ["show", "t1"]], ids=["runs", "runs-json", "show"]
+)
+def test_bad_database_is_one_line_and_status_2(
+    tmp_path: Path, case: str, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, message = _bad_db(case, tmp_path / "runs.db")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    content = db.read_bytes() if db.is_file() else None
+
+    assert main([*command, "--db", str(db)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.fullmatch(f"sanegraph: {message}\n", captured.err), captured.err
+    # The file is left as it was: not created, not given LangGraph's tables.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (db.read_bytes() if db.is_file() else None) == content
+
+
+def test_console_script_exits_2_on_bad_input(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("sanegraph")
+    db = tmp_path / "notes.db"
+    db.write_text("not a database\n")
+    proc = subprocess.run(
+        [str(script), "show", "t1", "--db", str(db)], capture_output=True, text=True, timeout=60
     )
-    assert not db.exists()
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"sanegraph: {db} is not a SQLite file. {PASS_DB}\n"
 
 
 @pytest.mark.parametrize(
