@@ -348,12 +348,13 @@ def test_show_lists_the_steps_of_a_loop(tmp_path: Path, capsys: pytest.CaptureFi
     assert [s[0] for s in loop[:3]] == ["#2", "#4", "#6"]
 
 
-def test_runs_tells_finished_failed_and_unfinished_threads(
+def test_runs_tells_finished_failed_paused_and_unfinished_threads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The ledger says ``running`` for any untripped thread; the checkpoint tells more."""
     from sanegraph.checkpoints import sqlite_saver
     from sanegraph.graphs import sequential_graph
+    from sanegraph.guards import GuardPolicy
     from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
     def agents(analyst: Any) -> dict[str, Any]:
@@ -377,11 +378,24 @@ def test_runs_tells_finished_failed_and_unfinished_threads(
         failing = sequential_graph(agents(broken)).compile(checkpointer=saver)
         with pytest.raises(RuntimeError, match="tool is down"):
             failing.invoke({"task": "Why?"}, {"configurable": {"thread_id": "failed"}})
+        # The hop cap trips and the owner asks a human (an interrupt()).
+        stuck = ScriptedChatModel([envelope_message("partial", reason="more context")], cycle=True)
+        escalating = sequential_graph(
+            agents(scripted_agent(stuck, name="analyst")),
+            policy=GuardPolicy(hops=4, owner="escalate", loops=False),
+        ).compile(checkpointer=saver)
+        escalating.invoke({"task": "Why?"}, {"configurable": {"thread_id": "paused"}})
+        assert escalating.get_state({"configurable": {"thread_id": "paused"}}).interrupts
         assert done.get_state({"configurable": {"thread_id": "finished"}}).next == ()
         assert stopped.get_state({"configurable": {"thread_id": "unfinished"}}).next == ("analyst",)
 
     assert main(["runs", "--db", str(db), "--json"]) == 0
     status = {t["thread_id"]: t["status"] for t in json.loads(capsys.readouterr().out)}
-    assert status == {"finished": "finished", "unfinished": "running", "failed": "error"}
+    assert status == {
+        "finished": "finished",
+        "unfinished": "running",
+        "failed": "error",
+        "paused": "paused",
+    }
     assert main(["show", "finished", "--db", str(db)]) == 0
     assert "status     finished\n" in capsys.readouterr().out
