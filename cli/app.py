@@ -26,6 +26,7 @@ from .threads import list_threads, thread_summary
 __all__ = ("main",)
 
 DEFAULT_DB = "sanegraph-demo.db"
+"""The file ``demo`` writes and ``runs`` / ``show`` read when ``--db`` is not given."""
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        0 on success, 2 for a usage error or bad input.
+        0 on success, 2 for a usage error or bad input, 1 if interrupted (Ctrl-C).
 
     Example:
         ```python

@@ -322,6 +322,9 @@ def test_console_script_help() -> None:
     assert proc.stdout.startswith("Usage: sanegraph")
     for command in ("demo", "runs", "show"):
         assert command in proc.stdout
+    module = [sys.executable, "-m", "sanegraph.cli", "--help"]
+    by_module = subprocess.run(module, capture_output=True, text=True, timeout=60)
+    assert (by_module.returncode, by_module.stdout) == (0, proc.stdout)
 
 
 def test_show_lists_the_steps_of_a_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
