@@ -22,14 +22,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy cannot follow setuptools' editable import hook, and the three folders are the
-# packages sanegraph.guards/graphs/checkpoints: give it the same layout through links.
+# mypy cannot follow setuptools' editable import hook, and the four folders are the
+# packages sanegraph.guards/graphs/checkpoints/cli: give it the same layout through links.
 typecheck: $(STAMP)
 	rm -rf .mypy_src && mkdir -p .mypy_src/sanegraph
 	ln -s ../../guards .mypy_src/sanegraph/guards
 	ln -s ../../graphs .mypy_src/sanegraph/graphs
 	ln -s ../../checkpoints .mypy_src/sanegraph/checkpoints
-	cd .mypy_src && ../$(BIN)/mypy --config-file ../pyproject.toml -p sanegraph.guards -p sanegraph.graphs -p sanegraph.checkpoints
+	ln -s ../../cli .mypy_src/sanegraph/cli
+	cd .mypy_src && ../$(BIN)/mypy --config-file ../pyproject.toml -p sanegraph.guards -p sanegraph.graphs -p sanegraph.checkpoints -p sanegraph.cli
 
 pytest: $(STAMP)
 	$(BIN)/pytest

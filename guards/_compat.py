@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,18 +19,24 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 __all__ = (
+    "ERROR",
+    "INTERRUPT",
     "PENDING_SENDS",
     "PULL",
+    "SQLITE_TABLES",
     "graph_depth",
+    "has_pending_sends",
     "is_error_handler",
     "is_pull_task",
     "make_compiled_class",
     "node_runnable",
+    "pending_nodes",
     "replace_node_runnable",
     "root_checkpoint_id",
     "saver_loop",
     "segment_node",
     "sqlite_connection",
+    "sqlite_thread_ids",
     "state_keys",
     "static_targets",
     "task_depth",
@@ -47,6 +54,13 @@ PULL = "__pregel_pull"
 (an edge, or ``Command(goto=...)``), as opposed to a ``Send`` (``__pregel_push``)."""
 PENDING_SENDS = "__pregel_tasks"
 """Channel in which ``Send`` packets wait for the next superstep."""
+INTERRUPT = "__interrupt__"
+"""Channel of the pending write that an ``interrupt()`` leaves on the checkpoint it paused."""
+ERROR = "__error__"
+"""Channel of the pending write that a node which raised leaves on its checkpoint."""
+SQLITE_TABLES = ("checkpoints", "writes")
+"""The tables ``SqliteSaver.setup()`` creates: a SQLite file without them holds no
+checkpoints."""
 _BRANCH_TO = "branch:to:"
 _JOIN = "join:"
 _START = "__start__"
@@ -233,6 +247,20 @@ def saver_loop(saver: Any) -> asyncio.AbstractEventLoop | None:
     """
     loop = getattr(saver, "loop", None)
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+def sqlite_thread_ids(conn: sqlite3.Connection) -> list[str]:
+    """The root-graph thread ids in a ``SqliteSaver`` database, newest checkpoint first.
+
+    ``SqliteSaver`` keeps one row per checkpoint in its ``checkpoints`` table, keyed by
+    ``thread_id``, ``checkpoint_ns`` (``""`` for the root graph) and ``checkpoint_id``;
+    checkpoint ids (uuid6) sort in the order they were written.
+    """
+    rows = conn.execute(
+        "SELECT thread_id, max(checkpoint_id) AS newest FROM checkpoints "
+        "WHERE checkpoint_ns = '' GROUP BY thread_id ORDER BY newest DESC"
+    )
+    return [thread_id for thread_id, _ in rows]
 
 
 def pending_nodes(checkpoint: Mapping[str, Any]) -> Iterable[str]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sanegraph.checkpoints.cli import main
+from sanegraph.cli import main
 
 RUNS = ("unguarded", "guarded", "hop cap only", "escalated", "rolled back")
 """The demo's rows, in order."""
@@ -116,10 +118,8 @@ def test_demo_max_hops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     db = tmp_path / "demo.sqlite"
     assert main(["demo", "--db", str(db), "--max-hops", "6", "--json"]) == 0
     _check_facts(_json_runs(capsys.readouterr().out)[1], max_hops=6)
-    with pytest.raises(SystemExit) as exc:
-        main(["demo", "--db", str(db), "--max-hops", "1"])
-    assert exc.value.code == 2
-    assert "--max-hops must be at least 2" in capsys.readouterr().err
+    assert main(["demo", "--db", str(db), "--max-hops", "1"]) == 2
+    assert "Error: --max-hops must be at least 2, got 1.\n" in capsys.readouterr().err
 
 
 def test_runs_lists_the_threads(
@@ -183,23 +183,135 @@ def test_show_unknown_thread(
     demo: tuple[Path, dict[str, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     db, _ = demo
-    assert main(["show", "no-such-thread", "--db", str(db)]) == 1
+    assert main(["show", "no-such-thread", "--db", str(db)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        f"sanegraph: no thread 'no-such-thread' in {db}. `sanegraph runs` lists them.\n"
+        f"sanegraph: no thread 'no-such-thread' in {db}. `sanegraph runs --db {db}` lists them.\n"
     )
 
 
-@pytest.mark.parametrize("command", [["runs"], ["show", "t1"]], ids=["runs", "show"])
-def test_missing_database(tmp_path: Path, command: list[str]) -> None:
-    db = tmp_path / "missing.sqlite"
-    with pytest.raises(SystemExit) as exc:
-        main([*command, "--db", str(db)])
-    assert exc.value.code == (
-        f"sanegraph: no such file: {db}. Run `sanegraph demo` first, or pass --db."
+PASS_DB = "Pass --db with a checkpoint file written by SqliteSaver."
+
+
+def _sqlite(path: Path, *tables: str) -> None:
+    conn = sqlite3.connect(path)
+    for table in tables:
+        conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+
+
+def _bad_db(case: str, path: Path) -> tuple[Path, str]:
+    """A --db that ``runs`` and ``show`` must refuse, and the line they must print
+    (a regular expression: SQLite's own words vary by version for a damaged file)."""
+    if case == "missing":
+        return path, re.escape(
+            f"no such file: {path}. Pass --db with a checkpoint file written by SqliteSaver, "
+            "or run `sanegraph demo` to write one."
+        )
+    if case == "directory":
+        path.mkdir()
+        return path, re.escape(f"{path} is a directory. {PASS_DB}")
+    if case in ("text", "random bytes"):
+        text = (
+            b"thread_id,status\nt1,done\n" if case == "text" else random.Random(7).randbytes(4096)
+        )
+        path.write_bytes(text)
+        return path, re.escape(f"{path} is not a SQLite file. {PASS_DB}")
+    if case in ("empty", "other tables"):
+        path.touch()
+        if case == "other tables":
+            _sqlite(path, "notes")
+        return path, re.escape(
+            f"{path} is a SQLite file without LangGraph's 'checkpoints' and 'writes' tables. "
+            f"{PASS_DB}"
+        )
+    if case == "no writes table":
+        _sqlite(path, "checkpoints")
+        return path, re.escape(
+            f"{path} is a SQLite file without LangGraph's 'writes' table. {PASS_DB}"
+        )
+    assert case == "damaged"
+    # A SQLite header, then garbage where the schema should be.
+    path.write_bytes(b"SQLite format 3\x00" + random.Random(7).randbytes(8192))
+    return path, re.escape(f"cannot read {path} (") + r"[^\n]+" + re.escape(f"). {PASS_DB}")
+
+
+BAD_DBS = (
+    "missing",
+    "directory",
+    "text",
+    "random bytes",
+    "empty",
+    "other tables",
+    "no writes table",
+    "damaged",
+)
+"""Each --db that is not a checkpoint file, by what is wrong with it."""
+
+
+@pytest.mark.parametrize("case", BAD_DBS)
+@pytest.mark.parametrize(
+    "command", [["runs"], ["runs", "--json"], ["show", "t1"]], ids=["runs", "runs-json", "show"]
+)
+def test_bad_database_is_one_line_and_status_2(
+    tmp_path: Path, case: str, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, message = _bad_db(case, tmp_path / "runs.db")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    content = db.read_bytes() if db.is_file() else None
+
+    assert main([*command, "--db", str(db)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.fullmatch(f"sanegraph: {message}\n", captured.err), captured.err
+    # The file is left as it was: not created, not given LangGraph's tables.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (db.read_bytes() if db.is_file() else None) == content
+
+
+def test_console_script_exits_2_on_bad_input(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("sanegraph")
+    db = tmp_path / "notes.db"
+    db.write_text("not a database\n")
+    proc = subprocess.run(
+        [str(script), "show", "t1", "--db", str(db)], capture_output=True, text=True, timeout=60
     )
-    assert not db.exists()
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"sanegraph: {db} is not a SQLite file. {PASS_DB}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        ([], None),
+        (["nope"], "Error: No such command 'nope'."),
+        (["show"], "Error: Missing argument 'THREAD'."),
+        (["demo", "--graph", "dag"], "Error: Invalid value for '--graph'"),
+        (["runs", "--max-hops", "3"], "Error: No such option"),
+    ],
+    ids=["no-command", "unknown-command", "no-thread", "bad-choice", "unknown-option"],
+)
+def test_usage_errors_return_2_with_clicks_message(
+    argv: list[str], error: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``main`` returns click's exit status 2 instead of raising SystemExit."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Usage: sanegraph" in captured.out + captured.err
+    if error is not None:
+        assert captured.out == ""
+        assert error in captured.err
+        assert "Traceback" not in captured.err
+
+
+def test_help_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: sanegraph [OPTIONS] COMMAND [ARGS]...")
+    assert main(["show", "-h"]) == 0
+    assert capsys.readouterr().out.startswith("Usage: sanegraph show [OPTIONS] THREAD")
 
 
 def test_console_script_help() -> None:
@@ -207,9 +319,12 @@ def test_console_script_help() -> None:
     assert script.exists(), f"no console script next to {sys.executable}: pip install -e ."
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("usage: sanegraph")
+    assert proc.stdout.startswith("Usage: sanegraph")
     for command in ("demo", "runs", "show"):
         assert command in proc.stdout
+    module = [sys.executable, "-m", "sanegraph.cli", "--help"]
+    by_module = subprocess.run(module, capture_output=True, text=True, timeout=60)
+    assert (by_module.returncode, by_module.stdout) == (0, proc.stdout)
 
 
 def test_show_lists_the_steps_of_a_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,12 +351,13 @@ def test_show_lists_the_steps_of_a_loop(tmp_path: Path, capsys: pytest.CaptureFi
     assert [s[0] for s in loop[:3]] == ["#2", "#4", "#6"]
 
 
-def test_runs_tells_finished_failed_and_unfinished_threads(
+def test_runs_tells_finished_failed_paused_and_unfinished_threads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The ledger says ``running`` for any untripped thread; the checkpoint tells more."""
     from sanegraph.checkpoints import sqlite_saver
     from sanegraph.graphs import sequential_graph
+    from sanegraph.guards import GuardPolicy
     from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
     def agents(analyst: Any) -> dict[str, Any]:
@@ -265,11 +381,24 @@ def test_runs_tells_finished_failed_and_unfinished_threads(
         failing = sequential_graph(agents(broken)).compile(checkpointer=saver)
         with pytest.raises(RuntimeError, match="tool is down"):
             failing.invoke({"task": "Why?"}, {"configurable": {"thread_id": "failed"}})
+        # The hop cap trips and the owner asks a human (an interrupt()).
+        stuck = ScriptedChatModel([envelope_message("partial", reason="more context")], cycle=True)
+        escalating = sequential_graph(
+            agents(scripted_agent(stuck, name="analyst")),
+            policy=GuardPolicy(hops=4, owner="escalate", loops=False),
+        ).compile(checkpointer=saver)
+        escalating.invoke({"task": "Why?"}, {"configurable": {"thread_id": "paused"}})
+        assert escalating.get_state({"configurable": {"thread_id": "paused"}}).interrupts
         assert done.get_state({"configurable": {"thread_id": "finished"}}).next == ()
         assert stopped.get_state({"configurable": {"thread_id": "unfinished"}}).next == ("analyst",)
 
     assert main(["runs", "--db", str(db), "--json"]) == 0
     status = {t["thread_id"]: t["status"] for t in json.loads(capsys.readouterr().out)}
-    assert status == {"finished": "finished", "unfinished": "running", "failed": "error"}
+    assert status == {
+        "finished": "finished",
+        "unfinished": "running",
+        "failed": "error",
+        "paused": "paused",
+    }
     assert main(["show", "finished", "--db", str(db)]) == 0
     assert "status     finished\n" in capsys.readouterr().out

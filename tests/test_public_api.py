@@ -1,5 +1,5 @@
 """The public API: tuple ``__all__`` everywhere, every exported name documented, and a
-wheel that ships the three packages, their ``py.typed`` markers and the console script.
+wheel that ships the four packages, their ``py.typed`` markers and the console script.
 
 Docstring rule: a class or function must carry its own docstring (``__doc__`` set on the
 object itself; a class does not inherit one from its bases). A constant or type alias
@@ -29,12 +29,13 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("guards", "graphs", "checkpoints")
+PACKAGES = ("guards", "graphs", "checkpoints", "cli")
 """Folders that are the import packages ``sanegraph.<folder>``."""
 API_MODULES = (
     "sanegraph.guards",
     "sanegraph.graphs",
     "sanegraph.checkpoints",
+    "sanegraph.cli",
     "sanegraph.guards.testing",
 )
 MODULE_FILES = sorted(
@@ -208,4 +209,4 @@ def test_wheel_ships_the_packages_and_the_console_script(tmp_path: Path) -> None
         assert f"sanegraph/{pkg}/py.typed" in names
     stray = sorted(n for n in names if not n.startswith(("sanegraph/", "sanegraph-")))
     assert stray == [], "the wheel ships files outside the sanegraph packages"
-    assert scripts["console_scripts"]["sanegraph"] == "sanegraph.checkpoints.cli:main"
+    assert scripts["console_scripts"]["sanegraph"] == "sanegraph.cli:main"

@@ -31,13 +31,15 @@ from langgraph.errors import GraphRecursionError
 from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
+from sanegraph.checkpoints import open_sqlite_saver, rollback
+from sanegraph.graphs import SequentialState, parallel_graph, sequential_graph
 from sanegraph.guards import Budget, GuardPolicy, outcome_of, read_ledger
+from sanegraph.guards._compat import sqlite_connection
 from sanegraph.guards.testing import ScriptedChatModel, envelope_message, scripted_agent
 
-from .rollback import rollback
-from .saver import open_sqlite_saver
+from ._format import table
 
-__all__ = ("DemoReport", "DemoRun", "run_demo")
+__all__ = ("DemoReport", "DemoRun", "render", "run_demo")
 
 GraphKind = Literal["sequential", "parallel"]
 
@@ -135,8 +137,6 @@ def _as_node(model: ScriptedChatModel, name: str) -> Callable[[Any], dict[str, A
 
 def _unguarded(saver: Any) -> DemoRun:
     """Plain LangGraph: the analyst's 'partial' sends the run back to the researcher."""
-    from sanegraph.graphs import SequentialState
-
     researcher, analyst = _models()
 
     def route(state: Any) -> Literal["researcher", "__end__"]:
@@ -175,8 +175,6 @@ def _unguarded(saver: Any) -> DemoRun:
 
 
 def _guarded_graph(kind: GraphKind, policy: GuardPolicy, models: tuple[Any, Any]) -> Any:
-    from sanegraph.graphs import parallel_graph, sequential_graph
-
     researcher, analyst = models
     if kind == "sequential":
         return sequential_graph(
@@ -318,7 +316,7 @@ def run_demo(
             )
         )
     finally:
-        saver.conn.close()
+        sqlite_connection(saver).close()
     hints = [
         f"sanegraph runs --db {path}          # every thread in the file, with status and hops",
         f"sanegraph show --db {path} {runs[1].thread_id}   # one thread's ledger and trips",
@@ -345,15 +343,11 @@ def render(report: DemoReport) -> str:
         )
         for r in report.runs
     ]
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [
         f"sanegraph demo: the researcher/analyst incident ({report.graph} graph, "
         f"max_hops={report.max_hops}, scripted {MODEL})",
         "",
-        line.format(*head).rstrip(),
-        line.format(*("-" * w for w in widths)),
-        *(line.format(*row).rstrip() for row in rows),
+        *table(head, rows, rule=True),
         "",
     ]
     for run in report.runs:
