@@ -13,7 +13,7 @@ import math
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import genai_prices
@@ -48,6 +48,7 @@ from sanegraph.guards.budget import (
 )
 from sanegraph.guards.budget import check as intake_module
 from sanegraph.guards.budget import tokens as tokens_module
+from sanegraph.guards.budget.pricing import usage_counts
 from sanegraph.guards.budget.tokens import TokenCounter
 from sanegraph.guards.errors import ConfigurationError, GuardTripped
 from sanegraph.guards.testing import ScriptedChatModel, ScriptExhausted
@@ -260,13 +261,25 @@ def test_spend_addition_is_associative_and_commutative(a: Spend, b: Spend, c: Sp
 
 def test_price_call_is_what_genai_prices_says_rounded_up_to_a_micro_dollar() -> None:
     # gpt-4o-mini: $0.15 / $0.60 per million tokens.
-    assert price_call("openai", "gpt-4o-mini", 1000, 500) == 450
+    assert (
+        price_call("gpt-4o-mini", {"input_tokens": 1000, "output_tokens": 500}, provider="openai")
+        == 450
+    )
     assert _genai_micros("openai", "gpt-4o-mini", 1000, 500) == 450
     # 1 input token costs 0.15 micro-dollars: recorded spend is never below the price.
-    assert price_call("openai", "gpt-4o-mini", 1, 0) == 1
+    assert (
+        price_call("gpt-4o-mini", {"input_tokens": 1, "output_tokens": 0}, provider="openai") == 1
+    )
     # Dated names and a missing provider resolve as genai-prices resolves them.
-    assert price_call("openai", "gpt-4o-mini-2024-07-18", 1000, 500) == 450
-    assert price_call(None, "gpt-4o-mini", 1000, 500) == 450
+    assert (
+        price_call(
+            "gpt-4o-mini-2024-07-18",
+            {"input_tokens": 1000, "output_tokens": 500},
+            provider="openai",
+        )
+        == 450
+    )
+    assert price_call("gpt-4o-mini", {"input_tokens": 1000, "output_tokens": 500}) == 450
 
 
 @settings(max_examples=150, deadline=None)
@@ -287,9 +300,117 @@ def test_cached_prices_equal_genai_prices_everywhere(
     ref: tuple[str, str], input_tokens: int, output_tokens: int
 ) -> None:
     provider, model = ref
-    assert price_call(provider, model, input_tokens, output_tokens) == _genai_micros(
-        provider, model, input_tokens, output_tokens
+    assert price_call(
+        model, {"input_tokens": input_tokens, "output_tokens": output_tokens}, provider=provider
+    ) == _genai_micros(provider, model, input_tokens, output_tokens)
+
+
+def _genai_full(provider: str, model: str, **usage: int) -> int:
+    calc = calc_price(Usage(**usage), model_ref=model, provider_id=provider)
+    return math.ceil(calc.total_price * 1_000_000)
+
+
+ANTHROPIC_CACHED = {
+    "input_tokens": 10_000,  # LangChain counts every input token, cached ones included
+    "output_tokens": 100,
+    "total_tokens": 10_100,
+    "input_token_details": {"cache_read": 9_000, "cache_creation": 0},
+}
+ANTHROPIC_WRITING = {
+    "input_tokens": 10_000,
+    "output_tokens": 100,
+    "total_tokens": 10_100,
+    "input_token_details": {"cache_read": 0, "cache_creation": 9_000},
+}
+OPENAI_CACHED = {
+    "input_tokens": 10_000,
+    "output_tokens": 400,
+    "total_tokens": 10_400,
+    "input_token_details": {"cache_read": 9_000, "audio": 0},
+    "output_token_details": {"reasoning": 300, "audio": 0},  # reasoning is output
+}
+
+
+def test_prompt_caching_is_priced_on_the_full_usage() -> None:
+    plain = {"input_tokens": 10_000, "output_tokens": 100}
+    read = price_call("claude-sonnet-4-5", ANTHROPIC_CACHED, provider="anthropic")
+    write = price_call("claude-sonnet-4-5", ANTHROPIC_WRITING, provider="anthropic")
+    base = price_call("claude-sonnet-4-5", plain, provider="anthropic")
+    assert read == _genai_full(
+        "anthropic",
+        "claude-sonnet-4-5",
+        input_tokens=10_000,
+        cache_read_tokens=9_000,
+        output_tokens=100,
     )
+    assert write == _genai_full(
+        "anthropic",
+        "claude-sonnet-4-5",
+        input_tokens=10_000,
+        cache_write_tokens=9_000,
+        output_tokens=100,
+    )
+    # Cache reads cost a tenth of input, cache writes a quarter more: input/output pricing
+    # alone would charge the first ~4.4x what it cost and undercharge the second.
+    assert read < base / 4 and write > base
+    assert price_call("gpt-4o", OPENAI_CACHED, provider="openai") == _genai_full(
+        "openai", "gpt-4o", input_tokens=10_000, cache_read_tokens=9_000, output_tokens=400
+    )
+
+
+def test_usage_counts_map_langchain_details_to_genai_prices_fields() -> None:
+    assert usage_counts(ANTHROPIC_WRITING) == {
+        "input_tokens": 10_000,
+        "output_tokens": 100,
+        "cache_write_tokens": 9_000,
+    }
+    assert usage_counts(
+        {
+            "input_tokens": 50,
+            "output_tokens": 20,
+            "input_token_details": {"audio": 30},
+            "output_token_details": {"audio": 5},
+        }
+    ) == {
+        "input_tokens": 50,
+        "output_tokens": 20,
+        "input_audio_tokens": 30,
+        "output_audio_tokens": 5,
+    }
+
+
+def test_a_policy_price_prices_cache_reads_and_writes() -> None:
+    price = Price(
+        input_per_mtok=3, output_per_mtok=15, cache_read_per_mtok=0.3, cache_write_per_mtok=3.75
+    )
+    prices = {"house": price}
+    # 1,000 uncached * 3 + 9,000 read * 0.3 + 100 out * 15 = 3,000 + 2,700 + 1,500
+    assert price_call("house", ANTHROPIC_CACHED, prices=prices) == 7_200
+    # Without cache prices, cached tokens cost as input.
+    assert (
+        price_call(
+            "house", ANTHROPIC_CACHED, prices={"house": Price(input_per_mtok=3, output_per_mtok=15)}
+        )
+        == 31_500
+    )
+
+
+def test_the_meter_records_cached_calls_at_their_price() -> None:
+    usage = cast(Any, ANTHROPIC_CACHED)
+    model = ScriptedChatModel(
+        [AIMessage("cached", usage_metadata=usage)],
+        model_name="claude-sonnet-4-5",
+        provider="anthropic",
+        max_tokens=100,
+    )
+    meter = BudgetMeter(Budget(usd=1), agent="a")
+    model.invoke("hello", config={"callbacks": [meter]})
+    (call,) = meter.calls
+    assert call["usd_micros"] == price_call(
+        "claude-sonnet-4-5", ANTHROPIC_CACHED, provider="anthropic"
+    )
+    assert call["usage_details"] == {"cache_read_tokens": 9_000}
+    assert meter.spent.usd_micros == call["usd_micros"]
 
 
 def test_a_policy_price_takes_precedence_and_rounds_up() -> None:
@@ -298,9 +419,30 @@ def test_a_policy_price_takes_precedence_and_rounds_up() -> None:
         "house-model": Price(input_per_mtok=0.15, output_per_mtok=0),
     }
 
-    assert price_call("openai", "gpt-4o-mini", 1000, 500, prices=prices) == 2000
-    assert price_call("ollama", "house-model", 10, 99, prices=prices) == 2  # 1.5 -> 2
-    assert price_call("ollama", "house-model", 0, 0, prices=prices) == 0
+    assert (
+        price_call(
+            "gpt-4o-mini",
+            {"input_tokens": 1000, "output_tokens": 500},
+            provider="openai",
+            prices=prices,
+        )
+        == 2000
+    )
+    assert (
+        price_call(
+            "house-model",
+            {"input_tokens": 10, "output_tokens": 99},
+            provider="ollama",
+            prices=prices,
+        )
+        == 2
+    )  # 1.5 -> 2
+    assert (
+        price_call(
+            "house-model", {"input_tokens": 0, "output_tokens": 0}, provider="ollama", prices=prices
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -320,10 +462,10 @@ def test_an_unknown_model_is_a_configuration_error_naming_it(
         f"(installed: {GENAI}) if the model is new."
     )
     with pytest.raises(ConfigurationError, match=re.escape(message)):
-        price_call(provider, model, 10, 10)
+        price_call(model, {"input_tokens": 10, "output_tokens": 10}, provider=provider)
     # The miss is cached: the same error again.
     with pytest.raises(ConfigurationError, match=re.escape(message)):
-        price_call(provider, model, 10, 10)
+        price_call(model, {"input_tokens": 10, "output_tokens": 10}, provider=provider)
 
 
 def test_an_unknown_model_without_a_provider_is_a_configuration_error() -> None:
@@ -332,7 +474,7 @@ def test_an_unknown_model_without_a_provider_is_a_configuration_error() -> None:
         "the model name to a provider. Give its price in the policy"
     )
     with pytest.raises(ConfigurationError, match=re.escape(message)):
-        price_call(None, "mystery-7b", 10, 10)
+        price_call("mystery-7b", {"input_tokens": 10, "output_tokens": 10})
 
 
 # -- check_spend ----------------------------------------------------------------------------
@@ -714,7 +856,11 @@ def test_the_model_is_not_called_when_the_projection_exceeds_the_budget() -> Non
     meter = BudgetMeter(Budget(usd=0.0006), agent="analyst")
 
     # "hello" is 6 input tokens; 6 + 1000 max tokens of gpt-4o-mini cost $0.000601.
-    assert _tokens("hello") == 6 and price_call("openai", "gpt-4o-mini", 6, 1000) == 601
+    assert (
+        _tokens("hello") == 6
+        and price_call("gpt-4o-mini", {"input_tokens": 6, "output_tokens": 1000}, provider="openai")
+        == 601
+    )
     message = (
         "The next model call would exceed Budget.usd=0.0006 (spent=$0.00, next call "
         "~$0.000601, agent='analyst'). Raise Budget.usd, or let a human top it up when the "
@@ -742,7 +888,11 @@ def test_allowed_calls_accumulate_usage_and_cost_exactly() -> None:
     assert all(u is not None for u in usages)
     expected = [
         Spend(
-            usd_micros=price_call("openai", "gpt-4o-mini", u["input_tokens"], u["output_tokens"]),
+            usd_micros=price_call(
+                "gpt-4o-mini",
+                {"input_tokens": u["input_tokens"], "output_tokens": u["output_tokens"]},
+                provider="openai",
+            ),
             input_tokens=u["input_tokens"],
             output_tokens=u["output_tokens"],
         )
@@ -761,7 +911,9 @@ def test_allowed_calls_accumulate_usage_and_cost_exactly() -> None:
     first = records[0]
     assert first["max_tokens"] == 100 and first["agent"] == "analyst"
     assert first["projected"] == {
-        "usd_micros": price_call("openai", "gpt-4o-mini", 6, 100),
+        "usd_micros": price_call(
+            "gpt-4o-mini", {"input_tokens": 6, "output_tokens": 100}, provider="openai"
+        ),
         "input_tokens": 6,
         "output_tokens": 100,
     }
@@ -849,7 +1001,9 @@ def test_a_chain_is_metered() -> None:
     (call,) = meter.calls
     assert (call["provider"], call["model"]) == ("anthropic", "claude-sonnet-4-5")
     assert call["usd_micros"] == price_call(
-        "anthropic", "claude-sonnet-4-5", call["input_tokens"], call["output_tokens"]
+        "claude-sonnet-4-5",
+        {"input_tokens": call["input_tokens"], "output_tokens": call["output_tokens"]},
+        provider="anthropic",
     )
     assert call["parent_run_id"] is not None  # the chain's run
 
@@ -949,7 +1103,9 @@ def test_an_unknown_model_fails_at_its_first_call_before_it_is_made() -> None:
 
 def test_the_pool_reserves_commits_and_refuses() -> None:
     model = ScriptedChatModel(["ok"], cycle=True, max_tokens=100)
-    projection = price_call("openai", "gpt-4o-mini", 6, 100)  # 61 micro-dollars
+    projection = price_call(
+        "gpt-4o-mini", {"input_tokens": 6, "output_tokens": 100}, provider="openai"
+    )  # 61 micro-dollars
     pool = MemoryPool(usd_micros=2 * projection)
     meter = BudgetMeter(Budget(usd=100), agent="a", pool=pool, key="t1|node:task")
     assert isinstance(pool, SpendPool)
@@ -1005,7 +1161,9 @@ def test_warnings_are_recorded_and_logged_once(caplog: pytest.LogCaptureFixture)
 
 
 def test_calls_in_flight_count_until_they_end() -> None:
-    projection = price_call("openai", "gpt-4o-mini", 6, 100)
+    projection = price_call(
+        "gpt-4o-mini", {"input_tokens": 6, "output_tokens": 100}, provider="openai"
+    )
     meter = BudgetMeter(Budget(usd=3 * projection / 1_000_000), agent="a")
     metadata = {"ls_provider": "openai", "ls_model_name": "gpt-4o-mini", "ls_max_tokens": 100}
     runs = [uuid4() for _ in range(4)]
@@ -1038,7 +1196,9 @@ def test_parallel_calls_of_one_step_never_overspend() -> None:
     )
     model = GatedModel([full], cycle=True, max_tokens=100)
     model.gate = threading.Barrier(3, timeout=10)
-    projection = price_call("openai", "gpt-4o-mini", 6, 100)
+    projection = price_call(
+        "gpt-4o-mini", {"input_tokens": 6, "output_tokens": 100}, provider="openai"
+    )
     meter = BudgetMeter(Budget(usd=3.5 * projection / 1_000_000), agent="a")
 
     results = model.batch(
@@ -1308,7 +1468,12 @@ def test_updated_prices_reach_the_next_pricer() -> None:
     )
     try:
         assert pricer("openai", "gpt-4o-mini")(1000, 500) == 2000
-        assert price_call("openai", "gpt-4o-mini", 1000, 500) == 2000
+        assert (
+            price_call(
+                "gpt-4o-mini", {"input_tokens": 1000, "output_tokens": 500}, provider="openai"
+            )
+            == 2000
+        )
     finally:
         data_snapshot.set_custom_snapshot(None)
     assert pricer("openai", "gpt-4o-mini")(1000, 500) == 450

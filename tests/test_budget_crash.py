@@ -22,8 +22,8 @@ from _crash_worker import IN, MAX, OUT
 from _spawn import spawn
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
-CALL = price_call("openai", "gpt-4o", IN, OUT)
-PROJECTED = price_call("openai", "gpt-4o", IN, MAX)
+CALL = price_call("gpt-4o", {"input_tokens": IN, "output_tokens": OUT}, provider="openai")
+PROJECTED = price_call("gpt-4o", {"input_tokens": IN, "output_tokens": MAX}, provider="openai")
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:

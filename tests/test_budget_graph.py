@@ -68,10 +68,12 @@ def _model(**kwargs: Any) -> ScriptedChatModel:
     return ScriptedChatModel([_reply()], model_name=MODEL, cycle=True, **kwargs)
 
 
-CALL = price_call("openai", MODEL, IN, OUT)
+CALL = price_call(MODEL, {"input_tokens": IN, "output_tokens": OUT}, provider="openai")
 """What one answered call costs, in micro-dollars."""
 PROJECTED = Spend(
-    usd_micros=price_call("openai", MODEL, IN, MAX), input_tokens=IN, output_tokens=MAX
+    usd_micros=price_call(MODEL, {"input_tokens": IN, "output_tokens": MAX}, provider="openai"),
+    input_tokens=IN,
+    output_tokens=MAX,
 )
 """What the intake check projects for the next call."""
 

@@ -26,7 +26,7 @@ from _spawn import spawn
 from _weekend_worker import IN, OUT
 
 WORKER = Path(__file__).with_name("_weekend_worker.py")
-CALL = price_call("openai", "gpt-4o", IN, OUT)
+CALL = price_call("gpt-4o", {"input_tokens": IN, "output_tokens": OUT}, provider="openai")
 """What one call costs (the worker's scripted usage): ~$0.25."""
 
 

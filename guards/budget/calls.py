@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
@@ -14,7 +15,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from ..errors import ConfigurationError
 from .check import usd
-from .pricing import Pricer
+from .pricing import Price, Pricer, price_usage, usage_counts
 from .spend import Spend
 
 __all__ = (
@@ -34,6 +35,7 @@ _MAX_TOKEN_PARAMS = (
     "num_predict",
 )
 _MODEL_PARAMS = ("model", "model_name", "model_id")
+_NO_DETAILS: Mapping[str, int] = MappingProxyType({})
 
 
 class InFlight(NamedTuple):
@@ -73,16 +75,34 @@ class FinishedCall(NamedTuple):
     usd_micros: int
     estimated: bool
     """True when the answer carried no usage and it was estimated."""
+    details: Mapping[str, int]
+    """Usage beyond input and output tokens, in genai-prices' field names
+    (``cache_read_tokens``, ``cache_write_tokens``, audio): priced too."""
 
     @classmethod
-    def of(cls, call: InFlight, run_id: UUID, response: LLMResult) -> FinishedCall:
-        """What a call used, read from its answer (estimated when it reports no usage)."""
-        usage = usage_of(response)
-        estimated = usage is None
-        if usage is None:
-            usage = (call.input_tokens, estimated_output(response))
-        i, o = usage
-        return cls(call, run_id, i, o, call.pricer(i, o), estimated)
+    def of(
+        cls,
+        call: InFlight,
+        run_id: UUID,
+        response: LLMResult,
+        *,
+        prices: Mapping[str, Price] | None = None,
+    ) -> FinishedCall:
+        """What a call used, read from its answer (estimated when it reports no usage),
+        priced on its full usage."""
+        counts = usage_of(response)
+        estimated = counts is None
+        if counts is None:
+            counts = {
+                "input_tokens": call.input_tokens,
+                "output_tokens": estimated_output(response),
+            }
+        i, o = counts["input_tokens"], counts["output_tokens"]
+        if len(counts) == 2:
+            return cls(call, run_id, i, o, call.pricer(i, o), estimated, _NO_DETAILS)
+        usd_micros = price_usage(call.model, counts, provider=call.provider, prices=prices)
+        details = {k: v for k, v in counts.items() if k not in ("input_tokens", "output_tokens")}
+        return cls(call, run_id, i, o, usd_micros, estimated, details)
 
     @property
     def spend(self) -> Spend:
@@ -131,6 +151,7 @@ class FinishedCall(NamedTuple):
             "thread_id": meta.get("thread_id"),
             "checkpoint_ns": meta.get("langgraph_checkpoint_ns"),
             "node": meta.get("langgraph_node"),
+            "usage_details": dict(self.details),
         }
 
 
@@ -190,17 +211,21 @@ def max_tokens_of(metadata: Mapping[str, Any], params: Mapping[str, Any]) -> int
     return None
 
 
-def usage_of(response: LLMResult) -> tuple[int, int] | None:
-    """``(input_tokens, output_tokens)`` the answer reports, or None."""
+def usage_of(response: LLMResult) -> dict[str, int] | None:
+    """The usage the answer reports, as genai-prices ``Usage`` fields (see
+    :func:`~.pricing.usage_counts`), or None."""
     for generations in response.generations:
         for generation in generations:
             message = getattr(generation, "message", None)
             usage = getattr(message, "usage_metadata", None)
             if usage:
-                return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+                return usage_counts(usage)
     legacy = (response.llm_output or {}).get("token_usage")
     if isinstance(legacy, Mapping) and ("prompt_tokens" in legacy or "completion_tokens" in legacy):
-        return int(legacy.get("prompt_tokens") or 0), int(legacy.get("completion_tokens") or 0)
+        return {
+            "input_tokens": int(legacy.get("prompt_tokens") or 0),
+            "output_tokens": int(legacy.get("completion_tokens") or 0),
+        }
     return None
 
 

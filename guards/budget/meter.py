@@ -301,7 +301,7 @@ class BudgetMeter(BaseCallbackHandler):
         call = account.pending.get(run_id)  # one dict read: atomic, no lock needed
         if call is None:
             return  # not a call this meter admitted (it started before the meter)
-        done = FinishedCall.of(call, run_id, response)
+        done = FinishedCall.of(call, run_id, response, prices=self.prices)
         account.settle(done)
         if self._holds is not None:
             self._holds.commit(run_id, done.spend)
