@@ -148,8 +148,12 @@ class ScriptedChatModel(GenericFakeChatModel):
     """Reported as ``ls_max_tokens`` when set."""
     cycle: bool = False
     """Repeat the script when it runs out instead of raising ``ScriptExhausted``."""
+    keep_calls: bool = True
+    """Keep every call's input messages in :attr:`calls`; False counts calls only (for
+    long runs, where keeping every input would hold all of them in memory)."""
 
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
+    _count: int = PrivateAttr(default=0)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(
@@ -160,6 +164,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         provider: str = "openai",
         max_tokens: int | None = None,
         cycle: bool = False,
+        keep_calls: bool = True,
         **kwargs: Any,
     ) -> None:
         if isinstance(responses, (str, dict, AIMessage)):
@@ -181,6 +186,7 @@ class ScriptedChatModel(GenericFakeChatModel):
             "provider": provider,
             "max_tokens": max_tokens,
             "cycle": cycle,
+            "keep_calls": keep_calls,
         }
         super().__init__(**fields, **kwargs)
 
@@ -196,13 +202,15 @@ class ScriptedChatModel(GenericFakeChatModel):
     def call_count(self) -> int:
         """How many calls the model received, including one that found the script empty."""
         with self._lock:
-            return len(self._calls)
+            return self._count
 
     def _next_response(self, messages: list[BaseMessage]) -> AIMessage:
         """Record the call and return a fresh, metadata-complete copy of the next answer."""
         with self._lock:
-            self._calls.append(list(messages))
-            n = len(self._calls)
+            if self.keep_calls:
+                self._calls.append(list(messages))
+            self._count += 1
+            n = self._count
             scripted = len(self.responses)
             if self.cycle:
                 template = self.responses[(n - 1) % scripted]
