@@ -174,7 +174,7 @@ def node_runnable(builder: StateGraph[Any, Any, Any, Any], name: str) -> Any:
 
 
 def replace_node_runnable(
-    builder: StateGraph[Any, Any, Any, Any], name: str, runnable: Any
+    builder: StateGraph[Any, Any, Any, Any], name: str, *, runnable: Any
 ) -> None:
     """Make a builder's node run ``runnable`` instead, keeping its other settings (retry,
     cache, destinations, input schema)."""
@@ -263,18 +263,54 @@ def sqlite_thread_ids(conn: sqlite3.Connection) -> list[str]:
     return [thread_id for thread_id, _ in rows]
 
 
+def _finished_pair(value: Any) -> bool:
+    """Whether a checkpointed channel value is the ``(value, finished)`` pair that the
+    channels of a deferred node (``add_node(..., defer=True)``) store; a serializer may
+    turn the tuple into a list."""
+    return isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], bool)
+
+
+def _available(channel: str, value: Any) -> bool:
+    """Whether a trigger channel's checkpointed value would start its node (LangGraph's
+    ``BaseChannel.is_available``).
+
+    ``__start__`` and ``branch:to:<node>`` are in ``channel_values`` only while they hold a
+    write. A deferred node's channel holds ``(value, finished)`` and counts once finished
+    (LangGraph finishes it when nothing else is left to run). ``join:<a+b>:<node>`` holds
+    the set of nodes that have reached the join (``(set, finished)`` for a deferred node)
+    and counts once every node named in the channel has: after the join fires, the
+    emptied set stays in the checkpoint with a newer version.
+    """
+    if channel == _START:
+        return True  # holds the run's input, whatever its shape
+    finished = True
+    if _finished_pair(value):
+        value, finished = value[0], bool(value[1])
+    if not channel.startswith(_JOIN):
+        return finished
+    starts = channel[len(_JOIN) :].rpartition(NS_END)[0]
+    reached = "+".join(str(name) for name in value or ())
+    # A node name may itself contain "+": compare the "+"-separated tokens of both sides
+    # (the set only ever holds names of the channel, so equal tokens mean every one).
+    return finished and sorted(reached.split("+")) == sorted(starts.split("+"))
+
+
 def pending_nodes(checkpoint: Mapping[str, Any]) -> Iterable[str]:
-    """Nodes a checkpoint will run next, read from the checkpoint alone (LangGraph's rule
-    in ``prepare_next_tasks``, without the graph): a node whose trigger channel holds a
-    version newer than the one it last saw."""
+    """Nodes a checkpoint will run next, each once, read from the checkpoint alone
+    (LangGraph's rule in ``prepare_next_tasks``, without the graph): a node whose trigger
+    channel is available (see :func:`_available`) and holds a version newer than the one
+    the node last saw. ``Send`` packets are not among them (see :func:`has_pending_sends`).
+    """
     values = checkpoint["channel_values"]
     versions = checkpoint["channel_versions"]
     seen = checkpoint.get("versions_seen") or {}
-    for channel in values:
+    found: set[str] = set()
+    for channel, value in values.items():
         node = trigger_node(channel)
-        if node is None:
+        if node is None or node in found or not _available(channel, value):
             continue
         last = (seen.get(node) or {}).get(channel)
         version = versions.get(channel)
         if last is None or (version is not None and type(version) is type(last) and version > last):
+            found.add(node)
             yield node
