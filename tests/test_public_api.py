@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -21,12 +22,14 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("guards", "graphs", "checkpoints", "cli")
@@ -210,3 +213,144 @@ def test_wheel_ships_the_packages_and_the_console_script(tmp_path: Path) -> None
     stray = sorted(n for n in names if not n.startswith(("sanegraph/", "sanegraph-")))
     assert stray == [], "the wheel ships files outside the sanegraph packages"
     assert scripts["console_scripts"]["sanegraph"] == "sanegraph.cli:main"
+
+
+# -- at most two positional parameters, then * -------------------------------------------
+
+PUBLIC_MODULE_FILES = sorted(
+    path
+    for pkg in PACKAGES
+    for path in (ROOT / pkg).rglob("*.py")
+    if not path.name.startswith("_") or path.name == "__init__.py"
+)
+"""Every public module, subpackages included: module files not starting with ``_``, and
+packages' ``__init__.py``."""
+
+MAX_POSITIONAL = 2
+
+KNOWN_OFFENDERS = (
+    # Each entry must go: give the callable at most two positional parameters, then `*`
+    # (CONVENTIONS.md, "Shape"), and delete its line here. A dataclass that is not kw_only
+    # counts, since its generated __init__ takes every field positionally.
+    "sanegraph.cli.demo.DemoReport.__init__",
+    "sanegraph.cli.demo.DemoRun.__init__",
+    "sanegraph.guards.budget.calls.FinishedCall.of",
+    "sanegraph.guards.budget.pricing.pricer",
+    "sanegraph.guards.budget.spend.spend",
+    "sanegraph.guards.loops.steps.progress",
+)
+"""Public callables that take more than two positional parameters today."""
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _dotted(path: Path) -> str:
+    """The module name of a file under one of the four packages, subpackages included."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(("sanegraph", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def _ours(obj: Any) -> bool:
+    return str(getattr(obj, "__module__", "")).startswith("sanegraph.")
+
+
+def _exported(module: ModuleType) -> list[Any]:
+    """The objects a module exports: its ``__all__``, or, in a module without one, the
+    public names it defines."""
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [
+            name
+            for name, obj in vars(module).items()
+            if not name.startswith("_") and getattr(obj, "__module__", None) == module.__name__
+        ]
+    return [getattr(module, name) for name in names]
+
+
+def _fixed_elsewhere(cls: type, name: str, func: Any) -> bool:
+    """Whether a method's signature is set by code we do not own: a base class outside
+    sanegraph defines it (LangChain's callback ``on_*``, LangGraph's ``stream``/``compile``,
+    pydantic's hooks, ``Mapping`` dunders), pydantic builds the ``__init__``, or another
+    library generated the function (``typing.Protocol``'s ``__init__``)."""
+    if not _ours(func):
+        return True
+    if name == "__init__":
+        if issubclass(cls, BaseModel):
+            return True
+        params = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
+        return bool(params) and all(field.kw_only is True for field in params)
+    return any(name in vars(base) for base in cls.__mro__ if not _ours(base) and base is not object)
+
+
+def _callables(obj: Any) -> Iterator[tuple[str, Any, bool]]:
+    """``(qualified name, function, whether its first parameter is self/cls)`` for a public
+    function, or for a class's ``__init__``, ``__call__`` and public methods (its own and
+    those of its sanegraph bases)."""
+    if inspect.isfunction(obj):
+        yield f"{obj.__module__}.{obj.__qualname__}", obj, False
+        return
+    if not inspect.isclass(obj):
+        return
+    done: set[str] = set()
+    for klass in obj.__mro__:
+        if not _ours(klass):
+            continue
+        for name, raw in vars(klass).items():
+            if name in done or (name.startswith("_") and name not in ("__init__", "__call__")):
+                continue
+            done.add(name)
+            if isinstance(raw, staticmethod):
+                func, bound = raw.__func__, False
+            elif isinstance(raw, classmethod):
+                func, bound = raw.__func__, True
+            elif inspect.isfunction(raw):
+                func, bound = raw, True
+            else:
+                continue  # properties, attributes, nested classes
+            if not _fixed_elsewhere(obj, name, func):
+                yield f"{klass.__module__}.{klass.__qualname__}.{name}", func, bound
+
+
+def _positional_parameters() -> dict[str, list[str]]:
+    """Every public callable -> its positional parameters (``self``/``cls`` left out)."""
+    found: dict[str, list[str]] = {}
+    for path in PUBLIC_MODULE_FILES:
+        module = importlib.import_module(_dotted(path))
+        for obj in _exported(module):
+            if not _ours(obj):
+                continue
+            for name, func, bound in _callables(obj):
+                params = list(inspect.signature(func).parameters.values())[int(bound) :]
+                found[name] = [p.name for p in params if p.kind in _POSITIONAL]
+    return found
+
+
+def test_public_callables_take_at_most_two_positional_parameters() -> None:
+    found = _positional_parameters()
+    assert "sanegraph.checkpoints.rollback.rollback" in found
+    assert "sanegraph.guards.graph.DurableCompiledGraph.stream" not in found  # LangGraph's
+    over = {name: params for name, params in found.items() if len(params) > MAX_POSITIONAL}
+    new = {name: params for name, params in over.items() if name not in KNOWN_OFFENDERS}
+    assert new == {}, (
+        f"These public callables take more than {MAX_POSITIONAL} positional parameters: "
+        f"{new}. Put `*` after the second (CONVENTIONS.md: at most two positional "
+        "parameters, then *); a dataclass takes kw_only=True."
+    )
+    fixed = sorted(set(KNOWN_OFFENDERS) - set(over))
+    assert fixed == [], f"{fixed} now follow the rule: remove them from KNOWN_OFFENDERS"
+
+
+def test_the_positional_rule_skips_signatures_set_by_other_libraries() -> None:
+    from sanegraph.guards.budget.meter import BudgetMeter
+    from sanegraph.guards.graph import GuardedStateGraph
+    from sanegraph.guards.testing.models import ScriptedChatModel
+
+    names = [name for name, _, _ in _callables(BudgetMeter)]
+    assert "sanegraph.guards.budget.meter.BudgetMeter.__init__" in names
+    assert not [name for name in names if name.rpartition(".")[2].startswith("on_")]
+    assert [name for name, _, _ in _callables(GuardedStateGraph)] == []
+    assert not [
+        name
+        for name, _, _ in _callables(ScriptedChatModel)
+        if name.endswith((".__init__", ".bind_tools", ".model_post_init"))
+    ]
