@@ -60,7 +60,7 @@ _DOCS = [
 ]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DemoRun:
     """One row of the demo's table."""
 
@@ -76,7 +76,7 @@ class DemoRun:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DemoReport:
     """What ``sanegraph demo`` found; ``--json`` prints it as one object."""
 

@@ -15,14 +15,22 @@ from pydantic_core import PydanticSerializationError
 
 from . import _compat
 from ._fingerprint import digest
-from ._scope import Branch, RunScope, scope_of
+from ._scope import SCOPE_KEY, Branch, RunScope, scope_of
 from .budget.meter import BudgetMeter, metering
 from .budget.policy import Budget
 from .budget.spend import Spend
 from .checks import check_deadline, check_envelope, check_hops
 from .envelope import Envelope, coerce_envelope, envelope_to_dict, plain_envelope_dict
 from .errors import BudgetExceeded, GuardTripped
-from .ledger import BRANCH_KEY, FANOUT_HOPS, EnvelopeRecord, Ledger, StepDelta, read_ledger
+from .ledger import (
+    BRANCH_KEY,
+    FANOUT_HOPS,
+    EnvelopeRecord,
+    Ledger,
+    StepDelta,
+    StepWrite,
+    read_ledger,
+)
 from .loops.detectors import check_loops
 from .loops.entry import step_entry
 from .policy import GuardPolicy
@@ -104,7 +112,8 @@ class StepRun:
         self.info = getattr(runtime, "execution_info", None)
         self.agent = agent
         self.ledger: Ledger = read_ledger(state)
-        self.scope: RunScope = scope_of(config, node=agent)
+        scope = (config.get("configurable") or {}).get(SCOPE_KEY)
+        self.scope: RunScope = scope if scope is not None else scope_of(config, node=agent)
         self.delta: StepDelta = {}
         self.branch: Branch | None = None
         self.meter: BudgetMeter | None = None
@@ -142,7 +151,7 @@ class Guard:
         info = step.info
         parent: str | None = info.checkpoint_id if info is not None else None
         now = time.time()
-        delta: StepDelta = {"agent": agent, "now": now, "parent": parent}
+        delta: StepDelta = StepWrite(agent=agent, now=now, parent=parent)  # type: ignore[assignment]
         step.delta = delta
         if status != "running":
             # The owner finished an earlier run of this thread and new input arrived: a

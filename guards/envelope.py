@@ -18,6 +18,7 @@ import math
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from langchain_core.messages import AIMessage
+from langchain_core.utils.json import parse_json_markdown
 from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, ValidationError
 
 from .errors import ConfigurationError
@@ -193,27 +194,19 @@ def _from_dict(
     )
 
 
-def _strip_fence(text: str) -> str:
-    text = text.strip()
-    if text.startswith("```"):
-        # Drop the opening fence line (```json, ```JSON, ```) and a closing fence.
-        newline = text.find("\n")
-        text = "" if newline < 0 else text[newline + 1 :]
-        text = text.rstrip()
-        if text.endswith("```"):
-            text = text[:-3]
-        text = text.strip()
-    return text
-
-
 def _from_text(
     cls: type[Envelope[Any]], text: str, source: str
 ) -> tuple[Envelope[Any], str | None]:
-    text = _strip_fence(text)
-    if not text:
+    text = text.strip()
+    if not text.strip("`"):
         return _invalid(cls, f"{source} is empty")
+    if text[:7].lower() == "```json":
+        # LangChain's pattern knows ```json and ``` fences only; models also write ```JSON.
+        text = "```json" + text[7:]
     try:
-        data = json.loads(text)
+        # LangChain's reader: JSON as is, or inside a ``` / ```json fence. Strict: a
+        # truncated object is an error, not a partial envelope.
+        data = parse_json_markdown(text, parser=json.loads)
     except ValueError:
         return _invalid(cls, f"{source} is not JSON: {_shorten(text)!r}")
     if not isinstance(data, dict):
@@ -221,26 +214,12 @@ def _from_text(
     return _from_dict(cls, data, f"{source} JSON")
 
 
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type") == "text":
-                parts.append(str(block.get("text", "")))
-        return "".join(parts)
-    return ""
-
-
 def _from_message(cls: type[Envelope[Any]], message: AIMessage) -> tuple[Envelope[Any], str | None]:
     for call in message.tool_calls:
         args = call.get("args")
         if isinstance(args, dict) and "status" in args:
             return _validate(cls, args)
-    text = _message_text(message.content)
+    text = message.text
     if not text.strip() and message.tool_calls:
         names = [call.get("name") for call in message.tool_calls]
         return _invalid(

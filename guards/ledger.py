@@ -38,6 +38,7 @@ __all__ = (
     "Ledger",
     "RunStatus",
     "StepDelta",
+    "StepWrite",
     "Trip",
     "envelopes_of",
     "new_ledger",
@@ -184,6 +185,22 @@ class StepDelta(TypedDict, total=False):
     outcome: dict[str, Any] | None
     window_size: int
     reset_window: bool
+
+
+class StepWrite(dict):  # type: ignore[type-arg]
+    """A :class:`StepDelta` as a guarded step writes it: a ``dict`` that remembers what the
+    reducer last folded it into, and the result.
+
+    LangGraph folds a step's write more than once (for the edge that reads the fresh
+    state, then at the end of the superstep), each time into the same ledger: the second
+    fold returns the first result instead of computing it again. The memo is an attribute
+    of the write itself, so no state outlives it, and serializers see a plain dict (the
+    attribute is not part of it). Folding into any other ledger computes afresh.
+    """
+
+    folded: tuple[Any, Any] | None = None
+    """``(ledger, result)`` of the last fold (set on the instance; no ``__init__`` of its
+    own, so a write is made at the speed of a dict)."""
 
 
 def new_ledger() -> Ledger:

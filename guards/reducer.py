@@ -18,6 +18,7 @@ from .ledger import (
     MAX_RECENT,
     MAX_TRIPS,
     Ledger,
+    StepWrite,
     new_ledger,
 )
 
@@ -296,7 +297,9 @@ def _adopt(update: Mapping[str, Any], depth: int) -> Ledger:
 def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
     """The ``guard`` channel's reducer: fold one write into the ledger.
 
-    A pure function of its two arguments: what it must know travels in the write.
+    A pure function of its two arguments: what it must know travels in the write (a
+    :class:`~sanegraph.guards.ledger.StepWrite` remembers its last fold, so folding it
+    into the same ledger again returns the same result without computing it).
     Accepts a :class:`~sanegraph.guards.ledger.StepDelta`, a list of deltas, or a whole
     :class:`~sanegraph.guards.ledger.Ledger`. A whole ledger carries the nesting level it
     was made at (``depth``) and, when it came from a graph run (not by hand), the
@@ -328,6 +331,13 @@ def fold_ledger(current: Ledger | None, update: Any) -> Ledger:
         for item in update:
             out = fold_ledger(out, item)
         return out
+    if type(update) is StepWrite:
+        folded = update.folded
+        if folded is not None and folded[0] is current:
+            return folded[1]  # type: ignore[no-any-return]
+        result = _apply(current or {}, update)  # type: ignore[arg-type]
+        update.folded = (current, result)
+        return result
     if "v" not in update:
         return _apply(current or {}, update)  # type: ignore[arg-type]
     if not update.get("base"):

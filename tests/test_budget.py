@@ -1452,7 +1452,7 @@ def test_updated_prices_reach_the_next_pricer() -> None:
     from sanegraph.guards.budget.pricing import pricer
 
     old = data_snapshot.get_snapshot()
-    assert pricer("openai", "gpt-4o-mini")(1000, 500) == 450
+    assert pricer("gpt-4o-mini", provider="openai")(1000, 500) == 450
     provider, _ = old.find_provider_model("gpt-4o-mini", None, "openai", None)
     models = [
         dataclasses.replace(m, prices=ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(2)))
@@ -1467,7 +1467,7 @@ def test_updated_prices_reach_the_next_pricer() -> None:
         data_snapshot.DataSnapshot(providers=providers, from_auto_update=False)
     )
     try:
-        assert pricer("openai", "gpt-4o-mini")(1000, 500) == 2000
+        assert pricer("gpt-4o-mini", provider="openai")(1000, 500) == 2000
         assert (
             price_call(
                 "gpt-4o-mini", {"input_tokens": 1000, "output_tokens": 500}, provider="openai"
@@ -1476,4 +1476,4 @@ def test_updated_prices_reach_the_next_pricer() -> None:
         )
     finally:
         data_snapshot.set_custom_snapshot(None)
-    assert pricer("openai", "gpt-4o-mini")(1000, 500) == 450
+    assert pricer("gpt-4o-mini", provider="openai")(1000, 500) == 450

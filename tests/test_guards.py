@@ -614,3 +614,64 @@ def test_continue_after_a_trip_inside_a_subgraph_resumes_at_the_subgraph_node(co
     # The owner went back to "sub" (the node at its own level), which ran inner twice more.
     assert calls["inner"] == 5
     assert read_ledger(graph.get_state(config).values)["hops"] == 5
+
+
+# -- policies are plain data -------------------------------------------------------------
+
+
+def _policies() -> list[Any]:
+    from sanegraph.guards import LoopPolicy, Price
+    from sanegraph.guards.loops import MinHash
+
+    return [
+        GuardPolicy(),
+        GuardPolicy(
+            hops=HopCap(max_hops=20, per_agent={"researcher": 5}),
+            budget=Budget(
+                usd=5,
+                per_agent={"researcher": {"usd": 1.0, "tokens": 50_000}},
+                prices={"house": Price(input_per_mtok=1, output_per_mtok=2)},
+            ),
+            envelopes=EnvelopePolicy(min_confidence=0.7),
+            loops=LoopPolicy(watch=("draft",), fingerprint_per_agent={"router": ("request",)}),
+            owner=OwnerPolicy(on_trip="escalate", by_kind={"deadline": "abort"}),
+        ),
+        HopCap(per_agent={"a": 2}),
+        Budget(seconds=10),
+        LoopPolicy(similarity=MinHash(k=8)),
+        OwnerPolicy(by_kind={"hop_cap": "partial"}),
+    ]
+
+
+@pytest.mark.parametrize("policy", _policies(), ids=lambda p: type(p).__name__)
+def test_policies_are_frozen_hashable_picklable_and_compare_by_value(policy: Any) -> None:
+    import dataclasses
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(policy))
+    assert copy == policy and copy is not policy
+    assert hash(copy) == hash(policy)
+    assert {policy: 1}[copy] == 1
+    field = dataclasses.fields(policy)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(policy, field, None)
+
+
+def test_a_policys_mappings_are_read_only() -> None:
+    policy = GuardPolicy(
+        hops=HopCap(per_agent={"a": 2}), owner=OwnerPolicy(by_kind={"deadline": "abort"})
+    )
+    with pytest.raises(TypeError, match="read-only"):
+        policy.hops.per_agent["a"] = 100  # type: ignore[index]
+    with pytest.raises(TypeError, match="read-only"):
+        policy.owner.by_kind.update(deadline="partial")  # type: ignore[attr-defined]
+
+
+def test_an_unknown_trip_kind_in_owner_policy_lists_the_kinds() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=re.escape(
+            "OwnerPolicy.by_kind has an unknown trip kind 'hopcap'. The kinds are 'hop_cap', 'deadline', 'budget',"
+        ),
+    ):
+        OwnerPolicy(by_kind={"hopcap": "escalate"})  # type: ignore[dict-item]

@@ -228,17 +228,7 @@ packages' ``__init__.py``."""
 
 MAX_POSITIONAL = 2
 
-KNOWN_OFFENDERS = (
-    # Each entry must go: give the callable at most two positional parameters, then `*`
-    # (CONVENTIONS.md, "Shape"), and delete its line here. A dataclass that is not kw_only
-    # counts, since its generated __init__ takes every field positionally.
-    "sanegraph.cli.demo.DemoReport.__init__",
-    "sanegraph.cli.demo.DemoRun.__init__",
-    "sanegraph.guards.budget.calls.FinishedCall.of",
-    "sanegraph.guards.budget.pricing.pricer",
-    "sanegraph.guards.budget.spend.spend",
-    "sanegraph.guards.loops.steps.progress",
-)
+KNOWN_OFFENDERS: tuple[str, ...] = ()
 """Public callables that take more than two positional parameters today."""
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

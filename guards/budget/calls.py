@@ -83,9 +83,9 @@ class FinishedCall(NamedTuple):
     def of(
         cls,
         call: InFlight,
+        *,
         run_id: UUID,
         response: LLMResult,
-        *,
         prices: Mapping[str, Price] | None = None,
     ) -> FinishedCall:
         """What a call used, read from its answer (estimated when it reports no usage),

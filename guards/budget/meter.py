@@ -263,7 +263,11 @@ class BudgetMeter(BaseCallbackHandler):
         output_tokens = max_tokens or 0
         priced = self._priced
         if priced is None or priced[1] != model or priced[0] != provider:
-            priced = self._priced = (provider, model, pricer(provider, model, self.prices))
+            priced = self._priced = (
+                provider,
+                model,
+                pricer(model, provider=provider, prices=self.prices),
+            )
         price = priced[2]
         prefix = self.key
         if prefix is None:
@@ -301,7 +305,7 @@ class BudgetMeter(BaseCallbackHandler):
         call = account.pending.get(run_id)  # one dict read: atomic, no lock needed
         if call is None:
             return  # not a call this meter admitted (it started before the meter)
-        done = FinishedCall.of(call, run_id, response, prices=self.prices)
+        done = FinishedCall.of(call, run_id=run_id, response=response, prices=self.prices)
         account.settle(done)
         if self._holds is not None:
             self._holds.commit(run_id, done.spend)

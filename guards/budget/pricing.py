@@ -155,9 +155,12 @@ class Price:
         return ceil_micros(total)
 
 
-def pricer(provider: str | None, model: str, prices: Mapping[str, Price] | None = None) -> Pricer:
+def pricer(
+    model: str, *, provider: str | None = None, prices: Mapping[str, Price] | None = None
+) -> Pricer:
     """The function that prices one model's calls by input and output tokens:
-    ``pricer(p, m, prices)(i, o)``, micro-dollars rounded up.
+    ``pricer(model, provider=..., prices=...)(input_tokens, output_tokens)``, micro-dollars
+    rounded up.
 
     A meter looks it up once per step and model, then prices each call's projection with
     it: a policy price, or genai-prices' (see ``_genai``).

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
 
-__all__ = ("Spend", "SpendJournal", "SpendPool", "spend")
+__all__ = ("Spend", "SpendJournal", "SpendPool")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,8 +11,8 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from ..trips import Trip, make_trip
+from ._steps import tool_part
 from .policy import LoopDetector, LoopPolicy
-from .steps import tool_part
 from .window import AGENT, FP, HOP, OUT, SIM, SIZE, STALL, TEXT, TOOLS
 
 __all__ = ("check_loops",)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..ledger import BRANCH_KEY
-from . import steps as _st
+from . import _steps as _st
 from .policy import LoopPolicy
 from .similarity import normalize, short_hash, text_of
 from .window import SIZE, STALL

@@ -12,10 +12,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from hashlib import blake2b
 from itertools import repeat
 from typing import Any
 from zlib import crc32
+
+from xxhash import xxh3_64_hexdigest
 
 from ..errors import ConfigurationError
 
@@ -60,12 +61,18 @@ def normalize(text: str) -> str:
 
 
 def short_hash(text: str, size: int = 6) -> str:
-    """A ``2 * size``-character hex digest of ``text`` (BLAKE2b, 48 bits by default)."""
+    """A ``2 * size``-character hex digest of ``text`` (``size`` <= 8; 48 bits by default).
+
+    XXH3-64 (the ``xxhash`` package LangGraph itself depends on): deterministic across
+    processes and platforms, and a quarter of BLAKE2b's cost on these short texts (0.1 µs
+    against 0.39 µs, twice per step). Fingerprints only have to tell apart the few dozen
+    steps of a loop window, not resist an adversary.
+    """
     try:
         data = text.encode()
     except UnicodeEncodeError:  # lone surrogates
         data = text.encode("utf-8", "surrogatepass")
-    return blake2b(data, digest_size=size).hexdigest()
+    return xxh3_64_hexdigest(data)[: 2 * size]
 
 
 def _content_text(content: Any) -> str:

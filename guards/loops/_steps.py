@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, convert_to_messages
+
 from .similarity import normalize, short_hash, text_of
 from .window import PROG, SIZE, TOOLS
 
@@ -28,15 +30,20 @@ _NAME = re.compile(r"[^\w.-]")
 # -- what a step's messages show ---------------------------------------------------------
 
 
-def _get(message: Any, name: str) -> Any:
-    if isinstance(message, Mapping):
-        return message.get(name)
-    return getattr(message, name, None)
+def _message_id(message: Any) -> Any:
+    return message.get("id") if isinstance(message, Mapping) else getattr(message, "id", None)
 
 
-def _kind(message: Any) -> str:
-    kind = _get(message, "type") or _get(message, "role") or ""
-    return "ai" if kind == "assistant" else str(kind)
+def _message(item: Any) -> BaseMessage | None:
+    """A state's message as a LangChain message: OpenAI-style dicts, ``(role, text)``
+    tuples and strings through LangChain's own ``convert_to_messages``; None for anything
+    it cannot read (which then shows no tool calls)."""
+    if isinstance(item, BaseMessage):
+        return item
+    try:
+        return convert_to_messages([item])[0]
+    except (ValueError, TypeError, KeyError, NotImplementedError):
+        return None
 
 
 def new_messages(update: Mapping[str, Any] | None, state: Mapping[str, Any]) -> list[Any]:
@@ -48,25 +55,16 @@ def new_messages(update: Mapping[str, Any] | None, state: Mapping[str, Any]) -> 
         messages = [messages]
     old = state.get("messages")
     last = old[-1] if isinstance(old, list) and old else None
-    last_id = _get(last, "id") if last is not None else None
+    last_id = _message_id(last) if last is not None else None
     new = []
     for message in reversed(messages[-_SCAN:]):
         if last is not None and (
-            message is last or (last_id is not None and _get(message, "id") == last_id)
+            message is last or (last_id is not None and _message_id(message) == last_id)
         ):
             break
         new.append(message)
     new.reverse()
     return new
-
-
-def _tool_call(call: Any) -> tuple[str, Any, str]:
-    function = _get(call, "function")
-    if isinstance(function, Mapping):  # OpenAI-style dict messages
-        name, args = function.get("name"), function.get("arguments")
-    else:
-        name, args = _get(call, "name"), _get(call, "args")
-    return str(name or ""), args, str(_get(call, "id") or "")
 
 
 def _is_envelope(args: Any) -> bool:
@@ -89,25 +87,32 @@ def tool_tokens(new: list[Any], state: Mapping[str, Any]) -> list[str]:
     previous step made, from the tool messages ending the request (agent -> ToolNode ->
     agent).
     """
-    seen: list[Any] = []
+    seen: list[BaseMessage] = []
     old = state.get("messages")
     if isinstance(old, list) and old:
+        # The tool messages ending the request, with the AI message that asked for them.
         start = len(old)
-        while start > 0 and len(old) - start < _SCAN and _kind(old[start - 1]) == "tool":
+        while start > 0 and len(old) - start < _SCAN:
+            message = _message(old[start - 1])
+            if message is None:
+                break
+            seen.append(message)
             start -= 1
-        if start < len(old):
-            seen.extend(old[max(start - 1, 0) :])  # with the AI message that asked
-    seen.extend(new)
+            if not isinstance(message, ToolMessage):
+                break
+        seen.reverse()
+        if seen and not isinstance(seen[-1], ToolMessage):
+            seen = []  # the request ends with no tool answers: nothing to take from it
+    seen.extend(m for m in map(_message, new) if m is not None)
     if not seen:
         # The common step: no tool messages before it and no messages of its own.
         return []
     calls: dict[str, list[str]] = {}
     envelopes: set[str] = set()
     for message in seen:
-        kind = _kind(message)
-        if kind == "ai":
-            for call in _get(message, "tool_calls") or ():
-                name, args, call_id = _tool_call(call)
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                name, args, call_id = call["name"] or "", call["args"], call.get("id") or ""
                 if name in _ENVELOPE_TOOLS or _is_envelope(args):
                     if call_id:  # skip its answer too, if any (structured output)
                         envelopes.add(call_id)
@@ -115,16 +120,16 @@ def tool_tokens(new: list[Any], state: Mapping[str, Any]) -> list[str]:
                 args_hash = short_hash(normalize(text_of(args)), 4)
                 name = _NAME.sub("_", name)[:24] or "?"
                 calls[call_id or f"#{len(calls)}"] = [name, args_hash, "", call_id]
-        elif kind == "tool":
-            call_id = str(_get(message, "tool_call_id") or "")
-            if call_id in envelopes or _get(message, "name") in _ENVELOPE_TOOLS:
+        elif isinstance(message, ToolMessage):
+            call_id = message.tool_call_id or ""
+            if call_id in envelopes or message.name in _ENVELOPE_TOOLS:
                 continue
-            result = short_hash(normalize(text_of(_get(message, "content"))), 4)
-            if _get(message, "status") == "error":
+            result = short_hash(normalize(text_of(message.content)), 4)
+            if message.status == "error":
                 result = "!" + result
             known = calls.get(call_id) if call_id else None
             if known is None:
-                name = _NAME.sub("_", str(_get(message, "name") or ""))[:24] or "?"
+                name = _NAME.sub("_", str(message.name or ""))[:24] or "?"
                 calls[call_id or f"#{len(calls)}"] = [name, "", result, call_id]
             else:
                 known[2] = result
