@@ -11,10 +11,10 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from langgraph.graph import END, START
 
-from sanegraph.guards import ConfigurationError, GuardPolicy
+from sanegraph.guards import ConfigurationError, GuardPolicy, _compat
 from sanegraph.guards.reducer import fold_ledger
 
-_RESERVED_CHARS = (":", "|")
+_RESERVED_CHARS = (_compat.NS_END, _compat.NS_SEP)
 """Characters LangGraph reserves for namespaces (``NS_END``, ``NS_SEP``)."""
 
 _GUARD_KEYS = {"guard": fold_ledger}
@@ -89,7 +89,7 @@ def check_node_name(name: str, *, kind: str, policy: GuardPolicy) -> None:
         )
     for char in _RESERVED_CHARS:
         if char in name:
-            fixed = name.replace(":", "_").replace("|", "_")
+            fixed = name.replace(_compat.NS_END, "_").replace(_compat.NS_SEP, "_")
             raise ConfigurationError(
                 f"{title} name {name!r} contains {char!r}, which LangGraph reserves for "
                 f"subgraph namespaces. Rename the {kind}, e.g. {fixed!r}."

@@ -7,15 +7,11 @@ from typing import Any, TypeVar
 
 from langgraph.graph import END, START, StateGraph
 
-from sanegraph.guards import ConfigurationError, GuardPolicy, task_owner
+from sanegraph.guards import ConfigurationError, GuardPolicy, _compat, task_owner
 
 __all__ = ("add_task_owner",)
 
 B = TypeVar("B", bound=StateGraph)  # type: ignore[type-arg]
-
-
-def _is_error_handler(spec: Any) -> bool:
-    return bool(getattr(spec, "is_error_handler", False))
 
 
 def add_task_owner(
@@ -63,7 +59,7 @@ def add_task_owner(
             "(GuardPolicy.owner_node). Rename your node, or pass "
             "GuardPolicy(owner_node=...) to name the owner differently."
         )
-    if name in (START, END) or ":" in name or "|" in name:
+    if name in (START, END) or _compat.NS_END in name or _compat.NS_SEP in name:
         raise ConfigurationError(
             f"GuardPolicy.owner_node={name!r} is not a valid LangGraph node name (START and "
             "END are reserved; ':' and '|' mark subgraph namespaces). Pass e.g. "
@@ -72,7 +68,7 @@ def add_task_owner(
     if destinations is None:
         # Error-handler nodes LangGraph adds for add_node(error_handler=...) are not
         # places to continue a run.
-        nodes = [n for n, spec in builder.nodes.items() if not _is_error_handler(spec)]
+        nodes = [n for n, spec in builder.nodes.items() if not _compat.is_error_handler(spec)]
         ends: tuple[str, ...] = (*nodes, END)
     else:
         ends = tuple(dict.fromkeys(destinations))

@@ -21,6 +21,8 @@ from langgraph.graph.state import CompiledStateGraph
 __all__ = (
     "ERROR",
     "INTERRUPT",
+    "NS_END",
+    "NS_SEP",
     "PENDING_SENDS",
     "PULL",
     "SQLITE_TABLES",
@@ -30,6 +32,7 @@ __all__ = (
     "is_pull_task",
     "make_compiled_class",
     "node_runnable",
+    "parent_ns",
     "pending_nodes",
     "replace_node_runnable",
     "root_checkpoint_id",
@@ -93,6 +96,12 @@ def segment_node(task_ns: str, level: int) -> str | None:
     if level >= len(segments):
         return None
     return segments[level].split(NS_END, 1)[0]
+
+
+def parent_ns(task_ns: str) -> str:
+    """The namespace of the graph a task runs in: its namespace without its own segment
+    (``""`` for a root-graph task)."""
+    return task_ns.rpartition(NS_SEP)[0]
 
 
 def root_checkpoint_id(config: Mapping[str, Any]) -> str | None:

@@ -87,7 +87,7 @@ class Branch:
     def __init__(self, step: Superstep, name: str, index: int) -> None:
         self._step = step
         self.name = name
-        self.node = name.split(":", 1)[0]
+        self.node = _compat.segment_node(name, 0) or name
         self.index = index
 
     def claim(self, agent: str, check: Callable[[int, int], Any]) -> Any:
@@ -212,7 +212,7 @@ class RunScope:
         ns: str = info.checkpoint_ns
         root = _compat.root_checkpoint_id(config) if _compat.task_depth(ns) else None
         step = self.superstep(root or info.checkpoint_id)
-        return step.spend_group(info.checkpoint_id, ns.rpartition("|")[0])
+        return step.spend_group(info.checkpoint_id, _compat.parent_ns(ns))
 
 
 def scope_of(config: Mapping[str, Any], *, node: str | None = None) -> RunScope:

@@ -46,6 +46,7 @@ from sanegraph.guards._compat import (
     is_pull_task,
     make_compiled_class,
     node_runnable,
+    parent_ns,
     pending_nodes,
     plain_targets,
     replace_node_runnable,
@@ -270,6 +271,23 @@ def test_graph_depth_reads_the_namespace_a_subgraph_runs_under(
         )
         assert graph_depth(graph_ns) == task_depth(task_ns), (
             f"graph_depth({graph_ns!r}) != task_depth({task_ns!r}) (guards/_compat.graph_depth)"
+        )
+
+
+def test_parent_ns_is_the_namespace_of_the_graph_a_task_runs_in(
+    nested: tuple[dict[str, Seen], Any],
+) -> None:
+    seen, _ = nested
+    assert parent_ns(seen["mid"].ns) == "", (
+        f"A root task's namespace is {seen['mid'].ns!r}; sanegraph groups the parallel "
+        "steps of one graph by the namespace before the task's own segment "
+        "(guards/_compat.parent_ns)"
+    )
+    for runner, task in (("mid", "midnode"), ("inner", "leaf:root")):
+        assert parent_ns(seen[task].ns) == seen[runner].config_ns, (
+            f"The task {task!r} ran under {seen[task].ns!r} in a subgraph run under "
+            f"{seen[runner].config_ns!r}: parent_ns no longer gives the subgraph's "
+            "namespace (guards/_compat.parent_ns)"
         )
 
 

@@ -42,13 +42,16 @@ API_MODULES = (
     "sanegraph.guards.testing",
 )
 MODULE_FILES = sorted(
-    path for pkg in PACKAGES for path in (ROOT / pkg).glob("*.py") if not path.name.startswith("_")
+    path
+    for pkg in PACKAGES
+    for path in (ROOT / pkg).rglob("*.py")
+    if not path.name.startswith("_") and not any(p.startswith("_") for p in path.parent.parts)
 )
-"""Public module files (``__init__.py`` and ``_private.py`` excluded)."""
+"""Public module files, subpackages included (``__init__.py`` and ``_private.py`` excluded)."""
 
 
 def _module_name(path: Path) -> str:
-    return f"sanegraph.{path.parent.name}.{path.stem}"
+    return ".".join(("sanegraph", *path.relative_to(ROOT).with_suffix("").parts))
 
 
 # -- docstrings -------------------------------------------------------------------------
