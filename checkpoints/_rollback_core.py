@@ -10,8 +10,9 @@ writes the fork; everything between the reads is decided here, once for both she
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import InvalidUpdateError
@@ -30,6 +31,7 @@ from sanegraph.guards.ledger import new_ledger
 __all__ = (
     "MAX_WALK",
     "WALK",
+    "Grants",
     "NoSaneCheckpoint",
     "RollbackError",
     "UnknownThread",
@@ -133,16 +135,30 @@ def check_patch(patch: Mapping[str, Any] | None, *, channels: Any, fn: str) -> d
     return dict(patch)
 
 
-def check_grants(extra_hops: int, extra_seconds: float, *, fn: str) -> None:
-    """Refuse grants that are not whole hops / seconds >= 0."""
-    if isinstance(extra_hops, bool) or not isinstance(extra_hops, int) or extra_hops < 0:
-        raise ConfigurationError(
-            f"{fn}(extra_hops=...) must be a whole number >= 0, got {extra_hops!r}."
-        )
-    if not isinstance(extra_seconds, (int, float)) or extra_seconds < 0:
-        raise ConfigurationError(
-            f"{fn}(extra_seconds=...) must be a number >= 0, got {extra_seconds!r}."
-        )
+class Grants(NamedTuple):
+    """What a rollback grants the fork on top of its limits (all >= 0)."""
+
+    hops: int = 0
+    seconds: float = 0.0
+    usd: float = 0.0
+    tokens: int = 0
+
+
+def check_grants(grants: Grants, *, fn: str) -> None:
+    """Refuse grants that are not whole hops or tokens / seconds or dollars >= 0."""
+    for name, value in (("extra_hops", grants.hops), ("extra_tokens", grants.tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigurationError(
+                f"{fn}({name}=...) must be a whole number >= 0, got {value!r}."
+            )
+    for name, number in (("extra_seconds", grants.seconds), ("extra_usd", grants.usd)):
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or not math.isfinite(number)
+            or number < 0
+        ):
+            raise ConfigurationError(f"{fn}({name}=...) must be a number >= 0, got {number!r}.")
 
 
 # -- which checkpoint -------------------------------------------------------------------
@@ -244,24 +260,45 @@ def producer_step(snapshot: StateSnapshot, parent: StateSnapshot) -> tuple[str, 
 # -- the fork ---------------------------------------------------------------------------
 
 
-def fork_ledger(
-    target: StateSnapshot, latest: StateSnapshot, *, extra_hops: int, extra_seconds: float
-) -> Ledger:
+def _most(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {key: max(a.get(key, 0), b.get(key, 0)) for key in {*a, *b}}
+
+
+def fork_ledger(target: StateSnapshot, latest: StateSnapshot, *, grants: Grants) -> Ledger:
     """The sane checkpoint's ledger with the loop window emptied, status ``"running"``, no
-    outcome, ``rollbacks`` + 1 (counted from the newest state) and the grants added."""
+    outcome, ``rollbacks`` + 1 (counted from the newest state) and the grants added.
+
+    Spend is not rolled back: money paid is a fact of the thread, so the fork carries what
+    the newest state says the thread paid (and its warnings), not the sane checkpoint's.
+    """
     ledger = new_ledger()
     ledger.update(read_ledger(target.values))
+    now = read_ledger(latest.values)
     ledger["window"] = []
     ledger["status"] = "running"
     ledger["outcome"] = None
-    ledger["rollbacks"] = max(_rollbacks(latest.values), ledger["rollbacks"]) + 1
-    if extra_hops or extra_seconds:
-        grants = dict(ledger["grants"])
-        if extra_hops:
-            grants["hops"] = grants.get("hops", 0) + extra_hops
-        if extra_seconds:
-            grants["seconds"] = grants.get("seconds", 0.0) + extra_seconds
-        ledger["grants"] = grants
+    ledger["rollbacks"] = max(now["rollbacks"], ledger["rollbacks"]) + 1
+    ledger["spent"] = _most(ledger["spent"], now["spent"])
+    agents = {**ledger["spent_by_agent"]}
+    for agent, amounts in now["spent_by_agent"].items():
+        agents[agent] = _most(agents.get(agent, {}), amounts)
+    ledger["spent_by_agent"] = agents
+    ledger["warned"] = sorted({*ledger["warned"], *now["warned"]})
+    added = {
+        key: value
+        for key, value in (
+            ("hops", grants.hops),
+            ("seconds", grants.seconds),
+            ("usd", grants.usd),
+            ("tokens", grants.tokens),
+        )
+        if value
+    }
+    if added:
+        merged = dict(ledger["grants"])
+        for key, value in added.items():
+            merged[key] = merged.get(key, 0) + value
+        ledger["grants"] = merged
     return ledger
 
 

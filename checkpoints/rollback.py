@@ -52,6 +52,7 @@ from sanegraph.guards._compat import saver_loop
 
 from ._rollback_core import (
     MAX_WALK,
+    Grants,
     NoSaneCheckpoint,
     RollbackError,
     UnknownThread,
@@ -105,11 +106,11 @@ def _checkpointer(graph: Any, fn: str) -> BaseCheckpointSaver[Any]:
 
 
 def _prepare(
-    graph: AnyGraph, patch: Mapping[str, Any] | None, *, fn: str, grants: tuple[int, float]
+    graph: AnyGraph, patch: Mapping[str, Any] | None, *, fn: str, grants: Grants
 ) -> dict[str, Any]:
     """Check the graph, the grants and the patch before anything is read or written."""
     _checkpointer(graph, fn)
-    check_grants(*grants, fn=fn)
+    check_grants(grants, fn=fn)
     return check_patch(patch, channels=graph.channels, fn=fn)
 
 
@@ -120,10 +121,9 @@ def _writes(
     latest: StateSnapshot,
     producers: tuple[str, ...] | None,
     values: dict[str, Any],
-    grants: tuple[int, float],
+    grants: Grants,
 ) -> list[StateUpdate]:
-    extra_hops, extra_seconds = grants
-    ledger = fork_ledger(target, latest, extra_hops=extra_hops, extra_seconds=extra_seconds)
+    ledger = fork_ledger(target, latest, grants=grants)
     # Overwrite: the fork's ledger replaces the sane one whole, past the ledger's reducer.
     values = {**values, "guard": Overwrite(ledger)}
     return fork_writes(target, producers, values=values, builder=getattr(graph, "builder", None))
@@ -204,6 +204,8 @@ def rollback(
     patch: Mapping[str, Any] | None = None,
     extra_hops: int = 0,
     extra_seconds: float = 0.0,
+    extra_usd: float = 0.0,
+    extra_tokens: int = 0,
 ) -> RunnableConfig:
     """Fork the thread from its last sane checkpoint; return the config to resume it.
 
@@ -212,7 +214,9 @@ def rollback(
     ``langgraph.types.Overwrite`` to replace a list) and its ledger with the loop window
     emptied, status ``"running"``, no outcome and ``rollbacks`` + 1. Hop and time
     counters are those of the sane checkpoint: the abandoned branch stays in the history
-    but not in the counts. A constant number of checkpointer reads (no history scan).
+    but not in the counts. Spend is not rolled back (money paid is a fact of the thread):
+    the fork counts what the thread really paid; grant more on purpose with ``extra_usd``
+    or ``extra_tokens``. A constant number of checkpointer reads (no history scan).
 
     Args:
         graph: The compiled guarded graph, with its checkpointer.
@@ -223,6 +227,8 @@ def rollback(
             before a hop-cap trip has every hop used, so a fork that should run on needs
             some.
         extra_seconds: Seconds granted to the fork on top of ``Budget.seconds``.
+        extra_usd: US dollars granted to the fork on top of ``Budget.usd``.
+        extra_tokens: Tokens granted to the fork on top of ``Budget.tokens``.
 
     Returns:
         ``config`` pointing at the fork; continue with ``graph.invoke(None, returned)``.
@@ -242,7 +248,7 @@ def rollback(
         result = graph.invoke(None, resume)
         ```
     """
-    grants = (extra_hops, extra_seconds)
+    grants = Grants(extra_hops, extra_seconds, extra_usd, extra_tokens)
     values = _prepare(graph, patch, fn="rollback", grants=grants)
     thread_id, latest = _sync_start(graph, config, fn="rollback")
     sane = sane_id(latest, thread_id)
@@ -311,6 +317,8 @@ async def arollback(
     patch: Mapping[str, Any] | None = None,
     extra_hops: int = 0,
     extra_seconds: float = 0.0,
+    extra_usd: float = 0.0,
+    extra_tokens: int = 0,
 ) -> RunnableConfig:
     """Async :func:`rollback`: fork the thread from its last sane checkpoint.
 
@@ -324,7 +332,7 @@ async def arollback(
         result = await graph.ainvoke(None, resume)
         ```
     """
-    grants = (extra_hops, extra_seconds)
+    grants = Grants(extra_hops, extra_seconds, extra_usd, extra_tokens)
     values = _prepare(graph, patch, fn="arollback", grants=grants)
     thread_id, latest = await _async_start(graph, config, fn="rollback")
     sane = sane_id(latest, thread_id)

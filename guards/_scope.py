@@ -16,6 +16,10 @@ share, made per run and per superstep:
   after every task of the previous one ended and its writes were folded. Nothing here is
   evicted by size: a late branch always finds its siblings.
 
+Spend is not kept here but in the graph's spend log (``budget/log.py``), which outlives
+runs: money paid is a fact of the thread, not of one run. The scope hands it to the
+run's steps.
+
 A branch is the root-graph task a step runs under (the first segment of its namespace);
 its superstep is the root checkpoint the branches started from.
 """
@@ -27,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _compat
-from .budget.account import SpendGroup
+from .budget.log import SpendLog, ThreadSpend
 from .budget.tokens import TokenCounter
 from .errors import ConfigurationError
 from .ledger import FANOUT_HOPS, FANOUT_INDEX
@@ -57,26 +61,15 @@ class _Tally:
 class Superstep:
     """What the parallel branches of one root superstep share."""
 
-    __slots__ = ("_groups", "_lock", "_tallies")
+    __slots__ = ("_lock", "_tallies")
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
         self._tallies: dict[str, _Tally] = {}
-        self._groups: dict[tuple[str, str], SpendGroup] = {}
 
     def branch(self, name: str, index: int) -> Branch:
         """The place of branch ``name`` (fan-out ``index``) in this superstep's tally."""
         return Branch(self, name, index)
-
-    def spend_group(self, checkpoint_id: str, level: str) -> SpendGroup:
-        """The group of budget meters of the steps that run from ``checkpoint_id`` at the
-        namespace ``level`` (the parallel steps of one graph's superstep)."""
-        key = (checkpoint_id, level)
-        with self._lock:
-            group = self._groups.get(key)
-            if group is None:
-                group = self._groups[key] = SpendGroup()
-            return group
 
 
 class Branch:
@@ -149,14 +142,23 @@ class RunScope:
     and their async forms) and found by every guarded step of the run in its config.
 
     Args:
-        journal: Where guarded steps journal their model calls and steps, or None.
+        spend: The graph's spend log (what its threads paid); a private one by default.
         pool: The shared budget pool model calls reserve from, or None.
     """
 
-    __slots__ = ("_current", "_lock", "_root", "journal", "pool", "refused_models", "tokens")
+    __slots__ = (
+        "_current",
+        "_lock",
+        "_root",
+        "_unthreaded",
+        "pool",
+        "refused_models",
+        "spend",
+        "tokens",
+    )
 
-    def __init__(self, *, journal: Any = None, pool: Any = None) -> None:
-        self.journal = journal
+    def __init__(self, *, spend: SpendLog | None = None, pool: Any = None) -> None:
+        self.spend = spend if spend is not None else SpendLog()
         self.pool = pool
         self.tokens = TokenCounter()
         """Input-token counts of the messages the run's model calls send (weakly keyed:
@@ -166,6 +168,19 @@ class RunScope:
         self._lock = threading.Lock()
         self._root: str | None = None
         self._current: Superstep | None = None
+        self._unthreaded: ThreadSpend | None = None
+
+    @property
+    def journal(self) -> Any:
+        """The graph's journal, or None."""
+        return self.spend.journal
+
+    def unthreaded(self) -> ThreadSpend:
+        """The spend of a run with no thread id (no checkpointer): this run's alone."""
+        with self._lock:
+            if self._unthreaded is None:
+                self._unthreaded = ThreadSpend("(no thread)")
+            return self._unthreaded
 
     def superstep(self, root_checkpoint: str) -> Superstep:
         """The superstep of the root graph that runs from ``root_checkpoint``.
@@ -203,16 +218,6 @@ class RunScope:
         if not root:
             return None
         return self.superstep(root).branch(_compat.top_segment(ns), index)
-
-    def spend_group(self, info: Any, config: Mapping[str, Any]) -> SpendGroup | None:
-        """The budget meters of the steps running alongside this one: same parent
-        checkpoint, same namespace level (the parallel branches of a superstep)."""
-        if info is None or not info.checkpoint_id:
-            return None
-        ns: str = info.checkpoint_ns
-        root = _compat.root_checkpoint_id(config) if _compat.task_depth(ns) else None
-        step = self.superstep(root or info.checkpoint_id)
-        return step.spend_group(info.checkpoint_id, _compat.parent_ns(ns))
 
 
 def scope_of(config: Mapping[str, Any], *, node: str | None = None) -> RunScope:

@@ -4,8 +4,10 @@ ledger delta after. The sync and async node shells in :mod:`.node` share all of 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from langchain_core.messages import AIMessage
@@ -16,9 +18,10 @@ from pydantic_core import PydanticSerializationError
 from . import _compat
 from ._fingerprint import digest
 from ._scope import SCOPE_KEY, Branch, RunScope, scope_of
-from .budget.meter import BudgetMeter, metering
+from ._spending import JournalHooks, athread_of, call_key_prefix, thread_of
+from .budget.meter import AsyncBudgetMeter, BudgetMeter, metering
 from .budget.policy import Budget
-from .budget.spend import Spend
+from .budget.spend import AsyncSpendJournal, Spend
 from .checks import check_deadline, check_envelope, check_hops
 from .envelope import Envelope, coerce_envelope, envelope_to_dict, plain_envelope_dict
 from .errors import BudgetExceeded, GuardTripped
@@ -104,9 +107,23 @@ class StepRun:
     """What one run of a guarded step knows: its inputs, the ledger it started from, the
     delta it is building, and its place among parallel branches."""
 
-    __slots__ = ("agent", "branch", "config", "delta", "info", "ledger", "meter", "scope", "state")
+    __slots__ = (
+        "agent",
+        "branch",
+        "config",
+        "delta",
+        "info",
+        "is_async",
+        "ledger",
+        "meter",
+        "scope",
+        "state",
+    )
 
-    def __init__(self, state: Any, config: RunnableConfig, runtime: Any, agent: str) -> None:
+    def __init__(
+        self, state: Any, config: RunnableConfig, runtime: Any, agent: str, is_async: bool
+    ) -> None:
+        self.is_async = is_async
         self.state = state
         self.config = config
         self.info = getattr(runtime, "execution_info", None)
@@ -140,10 +157,12 @@ class Guard:
         self.result_type = result_type
         self.call = call
 
-    def before(self, state: Any, config: RunnableConfig, runtime: Any) -> tuple[StepRun, bool]:
+    def before(
+        self, state: Any, config: RunnableConfig, runtime: Any, *, is_async: bool = False
+    ) -> tuple[StepRun, bool]:
         """Start a step: ``(step, go)``; ``go`` is False when a cap refused it."""
         agent = self.name or config["metadata"]["langgraph_node"]
-        step = StepRun(state, config, runtime, agent)
+        step = StepRun(state, config, runtime, agent, is_async)
         ledger = step.ledger
         status = ledger["status"]
         if status == "tripped":
@@ -190,64 +209,64 @@ class Guard:
             return step, False
         return step, True
 
-    def meter(self, step: StepRun) -> BudgetMeter | None:
-        """The step's budget meter, or None when the budget sets no money or token limit
-        and the run has no pool.
-
-        With a journal, what earlier attempts of this task spent (a re-run after a crash)
-        goes into the step's spend and counts against the budget, and the re-run's calls
-        are numbered after theirs.
-        """
+    def _budget(self, step: StepRun) -> Budget | None:
+        """The budget the step's calls are metered under, or None when nothing needs
+        metering (no money or token limit, no pool)."""
         budget = self.policy.budget
-        scope = step.scope
-        if scope.pool is None and (budget is None or not budget.has_spend_limits):
+        if step.scope.pool is None and (budget is None or not budget.has_spend_limits):
             return None
-        if budget is None:
-            budget = _NO_LIMITS  # the run's pool alone
-        ledger, agent, delta, info = step.ledger, step.agent, step.delta, step.info
-        spent: Any = ledger["spent"]
-        by_agent: Any = ledger["spent_by_agent"]
-        first = 0
-        on_call = None
+        return budget if budget is not None else _NO_LIMITS  # the run's pool alone
+
+    def _new_meter(self, step: StepRun, budget: Budget, thread: Any, first: int) -> Any:
+        ledger, info, scope = step.ledger, step.info, step.scope
         journal = scope.journal
-        if journal is not None and info is not None:
-            first, prior = journal.prior_calls(info)
-            if prior != _NOTHING:
-                delta["spend"] = prior.to_dict()
-                spent = Spend.coerce(spent) + prior
-                mine = Spend.coerce(by_agent.get(agent)) + prior
-                by_agent = {**by_agent, agent: mine}
-
-            def on_call(record: dict[str, Any]) -> None:
-                journal.log_call(info, record)
-
-        step.meter = BudgetMeter(
+        hooks = JournalHooks(journal, info, step.agent) if journal is not None and info else None
+        meter_type = AsyncBudgetMeter if step.is_async else BudgetMeter
+        step.meter = meter_type(
             budget,
-            agent=agent,
-            spent_before=spent,
-            spent_by_agent_before=by_agent,
+            agent=step.agent,
+            thread=thread,
+            key=call_key_prefix(info) if info is not None else None,
+            first_call=first,
             pool=scope.pool,
-            on_call=on_call,
+            hooks=hooks,
             grants=ledger["grants"],
             warned=ledger["warned"],
             hops=ledger["hops"],
-            first_call=first,
-            group=scope.spend_group(info, step.config),
             tokens=scope.tokens,
             refused=scope.refused_models,
         )
         return step.meter
 
+    def meter(self, step: StepRun) -> BudgetMeter | None:
+        """The step's budget meter, or None when nothing needs metering.
+
+        Its checks and reservations go to the thread's spend (the run's spend log, read
+        from the journal the first time this process meets the thread): what earlier
+        attempts of the task, and every other step of the thread, paid counts.
+        """
+        budget = self._budget(step)
+        if budget is None:
+            return None
+        thread, first = thread_of(step.scope, step.info, step.ledger)
+        return self._new_meter(step, budget, thread, first)  # type: ignore[no-any-return]
+
+    async def ameter(self, step: StepRun) -> BudgetMeter | None:
+        """:meth:`meter` for an async step: its journal and pool I/O stay off the loop."""
+        budget = self._budget(step)
+        if budget is None:
+            return None
+        thread, first = await athread_of(step.scope, step.info, step.ledger)
+        return self._new_meter(step, budget, thread, first)  # type: ignore[no-any-return]
+
     @staticmethod
     def metered(step: StepRun) -> None:
-        """Add what the step's own model calls spent, and new warnings, to its delta."""
+        """Add what the thread has paid (a copy for the ledger), and the step's new
+        warnings, to its delta."""
         meter, delta = step.meter, step.delta
         if meter is None:
             return
-        spend = meter.spent
-        if spend != _NOTHING:
-            prior = delta.get("spend")
-            delta["spend"] = (spend + Spend.from_dict(prior) if prior else spend).to_dict()
+        delta["paid"] = meter.account.thread.paid().to_delta()
         if meter.warnings:
             delta["warn"] = meter.warnings
 
@@ -265,22 +284,42 @@ class Guard:
         delta["sane"] = False
         return self.refused(step)
 
+    @staticmethod
+    def _step_row(step: StepRun) -> dict[str, Any]:
+        delta = step.delta
+        record = delta.get("record")
+        trip = delta.get("trip")
+        return {
+            "agent": delta.get("agent") or "",
+            "hop": step.ledger["hops"] + delta.get("hop", 0),
+            "status": record["status"] if record is not None else "not_run",
+            "latency_us": round(delta.get("latency", 0.0) * 1e6),
+            "tripped": trip["kind"] if trip is not None else None,
+        }
+
     def finish(self, step: StepRun, result: Any) -> Any:
-        """Journal the step when the run has a journal; return the node's result."""
+        """The step ended (ran, was refused or stopped): its task's call numbering is
+        done with, and the step is journaled when the run has a journal."""
+        meter = step.meter
+        if meter is not None and meter.key is not None:
+            meter.account.thread.task_done(meter.key)
         journal = step.scope.journal
-        info = step.info
-        if journal is not None and info is not None:
-            delta = step.delta
-            record = delta.get("record")
-            trip = delta.get("trip")
-            journal.log_step(
-                info,
-                agent=delta.get("agent") or "",
-                hop=step.ledger["hops"] + delta.get("hop", 0),
-                status=record["status"] if record is not None else "not_run",
-                latency_us=round(delta.get("latency", 0.0) * 1e6),
-                tripped=trip["kind"] if trip is not None else None,
-            )
+        if journal is not None and step.info is not None:
+            journal.log_step(step.info, **self._step_row(step))
+        return result
+
+    async def afinish(self, step: StepRun, result: Any) -> Any:
+        """:meth:`finish` for an async step: the journal write runs off the event loop."""
+        meter = step.meter
+        if meter is not None and meter.key is not None:
+            meter.account.thread.task_done(meter.key)
+        journal = step.scope.journal
+        if journal is not None and step.info is not None:
+            row = self._step_row(step)
+            if isinstance(journal, AsyncSpendJournal):
+                await journal.alog_step(step.info, **row)
+            else:
+                await asyncio.to_thread(partial(journal.log_step, step.info, **row))
         return result
 
     def _unrouted(self, ledger: Ledger, agent: str) -> None:

@@ -24,6 +24,7 @@ from langgraph.types import Command, Durability
 
 from . import _compat
 from ._scope import SCOPE_KEY, RunScope
+from .budget.log import SpendLog
 from .budget.spend import SpendJournal, SpendPool
 from .errors import ConfigurationError
 
@@ -41,10 +42,15 @@ class DurableCompiledGraph(CompiledStateGraph):  # type: ignore[type-arg]
     :meth:`GuardedStateGraph.compile`.
     """
 
-    sanegraph_journal: SpendJournal | None = None
-    """The journal given to ``compile``, or None."""
+    sanegraph_spend: SpendLog | None = None
+    """What the graph's threads paid (made by ``compile``, with its journal if given)."""
     sanegraph_pool: SpendPool | None = None
     """The shared budget pool given to ``compile``, or None."""
+
+    @property
+    def sanegraph_journal(self) -> SpendJournal | None:
+        """The journal given to ``compile``, or None."""
+        return self.sanegraph_spend.journal if self.sanegraph_spend is not None else None
 
     def _scoped(self, config: RunnableConfig | None) -> tuple[RunnableConfig, bool]:
         """``config`` with the run's scope, and whether this call is the root of the run.
@@ -55,7 +61,7 @@ class DurableCompiledGraph(CompiledStateGraph):  # type: ignore[type-arg]
         configurable = dict((config or {}).get("configurable") or {})
         if configurable.get(SCOPE_KEY) is not None:
             return config or {}, not configurable.get("checkpoint_ns")
-        configurable[SCOPE_KEY] = RunScope(journal=self.sanegraph_journal, pool=self.sanegraph_pool)
+        configurable[SCOPE_KEY] = RunScope(spend=self.sanegraph_spend, pool=self.sanegraph_pool)
         scoped: RunnableConfig = {**(config or {}), "configurable": configurable}  # type: ignore[typeddict-item]
         return scoped, not configurable.get("checkpoint_ns")
 
@@ -153,7 +159,8 @@ class GuardedStateGraph(StateGraph):  # type: ignore[type-arg]
         """
         if journal is not None and not isinstance(journal, SpendJournal):
             raise ConfigurationError(
-                "compile(journal=...) must have prior_calls/log_call/log_step, got "
+                "compile(journal=...) must have thread_paid/prior_calls/reserve_call/"
+                "log_call/release_call/log_step, got "
                 f"{type(journal).__name__}. Pass e.g. journal=Journal(saver) from "
                 "sanegraph.checkpoints."
             )
@@ -164,6 +171,6 @@ class GuardedStateGraph(StateGraph):  # type: ignore[type-arg]
                 "pool=SharedBudget('acme 2026-11-22', path='runs/pools.sqlite', usd=20)."
             )
         graph = _compat.make_compiled_class(super().compile(*args, **kwargs), DurableCompiledGraph)
-        graph.sanegraph_journal = journal
+        graph.sanegraph_spend = SpendLog(journal=journal)
         graph.sanegraph_pool = pool
         return graph  # type: ignore[no-any-return]

@@ -172,7 +172,11 @@ class StepDelta(TypedDict, total=False):
     envelope: list[Any]
     """``[key, envelope dict]``: the step's envelope, stored under its key."""
     spend: dict[str, int]
-    """The step's model spend (``usd_micros``, ``input_tokens``, ``output_tokens``)."""
+    """Spend to add (``usd_micros``, ``input_tokens``, ``output_tokens``): a hand-made
+    delta's; guarded steps write ``paid``."""
+    paid: dict[str, Any]
+    """What the thread has paid, per its spend log: ``{"total": {...}, "by_agent":
+    {agent: {...}}}``. The ledger keeps the highest figure of each (a copy)."""
     warn: list[str]
     """Budget limits whose warning threshold this step crossed."""
     sane: bool

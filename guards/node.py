@@ -131,11 +131,11 @@ def guarded(
         return guard.finish(step, guard.after(step, output, perf() - start))
 
     async def arun(guard: Guard, state: Any, config: RunnableConfig, runtime: Any) -> Any:
-        step, go = guard.before(state, config, runtime)
+        step, go = guard.before(state, config, runtime, is_async=True)
         if not go:
-            return guard.finish(step, guard.refused(step))
+            return await guard.afinish(step, guard.refused(step))
         try:
-            meter = guard.meter(step)
+            meter = await guard.ameter(step)
             start = perf()
             if meter is None:
                 output = await guard.call(state, config, runtime)
@@ -143,11 +143,11 @@ def guarded(
                 with Metered(meter) as metered:
                     output = await guard.call(state, config, runtime)
                 if metered.stopped:
-                    return guard.finish(step, guard.stopped(step, perf() - start))
+                    return await guard.afinish(step, guard.stopped(step, perf() - start))
         except BaseException:
             step.release_hop()
             raise
-        return guard.finish(step, guard.after(step, output, perf() - start))
+        return await guard.afinish(step, guard.after(step, output, perf() - start))
 
     node: Any
     if _is_runnable(agent):

@@ -36,6 +36,39 @@ def _complete(ledger: Mapping[str, Any]) -> Ledger:
     return full
 
 
+def _max_counts(current: Mapping[str, int], other: Mapping[str, int]) -> dict[str, int] | None:
+    """``current`` raised key by key to ``other``, or None when nothing rises."""
+    out: dict[str, int] | None = None
+    for key, value in other.items():
+        if value > current.get(key, 0):
+            if out is None:
+                out = dict(current)
+            out[key] = value
+    return out
+
+
+def _raise_paid(
+    out: Any, total: Mapping[str, int], by_agent: Mapping[str, Mapping[str, int]]
+) -> None:
+    """Raise the ledger's copy of what the thread paid to a spend log's figures.
+
+    Money paid is a fact that only grows: the copy keeps the highest figure any step
+    reported, component by component, so folding is order-free (parallel branches) and a
+    ledger that went back in time (a rollback, a fork, a lost write) catches up.
+    """
+    raised = _max_counts(out["spent"], total)
+    if raised is not None:
+        out["spent"] = raised
+    agents = out["spent_by_agent"]
+    for agent, amounts in by_agent.items():
+        mine = _max_counts(agents.get(agent, {}), amounts)
+        if mine is not None:
+            if agents is out["spent_by_agent"]:
+                agents = dict(agents)
+            agents[agent] = mine
+    out["spent_by_agent"] = agents
+
+
 def _add_counts(into: dict[str, Any], more: Mapping[str, Any], less: Mapping[str, Any]) -> None:
     for key, value in more.items():
         diff = value - less.get(key, 0)
@@ -72,16 +105,8 @@ def _merge_child(current: Ledger, child: Mapping[str, Any]) -> Ledger:
     grants = dict(out["grants"])
     _add_counts(grants, child.get("grants", {}), base.get("grants", {}))
     out["grants"] = grants
-    spent = dict(out["spent"])
-    _add_counts(spent, child["spent"], base.get("spent", {}))
-    out["spent"] = spent
-    before = base.get("spent_by_agent", {})
-    by_agent_spend = dict(out["spent_by_agent"])
-    for agent, amounts in child["spent_by_agent"].items():
-        mine = dict(by_agent_spend.get(agent, {}))
-        _add_counts(mine, amounts, before.get(agent, {}))
-        by_agent_spend[agent] = mine
-    out["spent_by_agent"] = by_agent_spend
+    # Spend is the thread's, whatever graph level reported it: the highest figure counts.
+    _raise_paid(out, child["spent"], child["spent_by_agent"])
     new_warned = [w for w in child["warned"] if w not in out["warned"]]
     if new_warned:
         out["warned"] = [*out["warned"], *new_warned]
@@ -221,6 +246,9 @@ def _apply(current: Ledger, delta: Mapping[str, Any]) -> Ledger:
             _add_counts(mine, spend, {})
             per_agent[agent] = mine
             out["spent_by_agent"] = per_agent
+    paid = delta.get("paid")
+    if paid:
+        _raise_paid(out, paid.get("total") or {}, paid.get("by_agent") or {})
     warn = delta.get("warn")
     if warn:
         fresh = [w for w in warn if w not in out["warned"]]

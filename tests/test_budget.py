@@ -48,6 +48,7 @@ from sanegraph.guards.budget import (
 )
 from sanegraph.guards.budget import check as intake_module
 from sanegraph.guards.budget import tokens as tokens_module
+from sanegraph.guards.budget.log import ThreadSpend
 from sanegraph.guards.budget.pricing import usage_counts
 from sanegraph.guards.budget.tokens import TokenCounter
 from sanegraph.guards.errors import ConfigurationError, GuardTripped
@@ -981,14 +982,23 @@ def test_per_call_tokens_blocks_a_call_with_a_large_max_tokens() -> None:
     assert meter.calls[0]["max_tokens"] == 100
 
 
-def test_without_max_tokens_the_projection_counts_input_only() -> None:
-    model = ScriptedChatModel(["ok"])
-    meter = BudgetMeter(Budget(tokens=1000), agent="a")
-
+def test_without_max_tokens_a_call_reserves_the_output_allowance() -> None:
+    model = ScriptedChatModel(["ok", "again"])
+    meter = BudgetMeter(Budget(tokens=10_000), agent="a")
     model.invoke("hello", config={"callbacks": [meter]})
-
-    assert meter.calls[0]["projected"]["output_tokens"] == 0
+    assert meter.calls[0]["projected"]["output_tokens"] == 1000  # the default allowance
     assert meter.calls[0]["max_tokens"] is None
+
+    small = BudgetMeter(Budget(tokens=10_000, assume_output_tokens=50), agent="a")
+    model.invoke("hello", config={"callbacks": [small]})
+    assert small.calls[0]["projected"]["output_tokens"] == 50
+
+
+def test_the_output_allowance_is_not_the_calls_size_for_per_call_tokens() -> None:
+    model = ScriptedChatModel(["ok"])
+    meter = BudgetMeter(Budget(per_call_tokens=100), agent="a")  # no max_tokens: input only
+    model.invoke("hello", config={"callbacks": [meter]})
+    assert model.call_count == 1
 
 
 def test_a_chain_is_metered() -> None:
@@ -1406,8 +1416,9 @@ async def test_metering_follows_async_tasks() -> None:
 
 def test_nested_metering_meters_each_call_once_by_the_innermost_step() -> None:
     model = ScriptedChatModel(["x"], cycle=True, max_tokens=10)
-    outer = BudgetMeter(Budget(usd=1), agent="supervisor")
-    inner = BudgetMeter(Budget(usd=1), agent="worker")
+    thread = ThreadSpend("t")  # the steps of one thread share its spend
+    outer = BudgetMeter(Budget(usd=1), agent="supervisor", thread=thread)
+    inner = BudgetMeter(Budget(usd=1), agent="worker", thread=thread)
 
     with metering(outer):
         model.invoke("outer call")
@@ -1417,16 +1428,19 @@ def test_nested_metering_meters_each_call_once_by_the_innermost_step() -> None:
 
     assert [c["agent"] for c in outer.calls] == ["supervisor", "supervisor"]
     assert [c["agent"] for c in inner.calls] == ["worker"]
-    assert outer.nested_spent == inner.spent
     assert outer.spent.usd_micros == sum(c["usd_micros"] for c in outer.calls)
+    paid = thread.paid()
+    assert paid.total == outer.spent + inner.spent
+    assert paid.by_agent == {"supervisor": outer.spent, "worker": inner.spent}
 
 
 def test_an_inner_step_counts_what_the_enclosing_step_spent() -> None:
     model = ScriptedChatModel(["x"], cycle=True, max_tokens=10)
     per_call = _tokens("hello") + 10
     budget = Budget(tokens=2 * per_call)
-    outer = BudgetMeter(budget, agent="supervisor")
-    inner = BudgetMeter(budget, agent="worker")
+    thread = ThreadSpend("t")
+    outer = BudgetMeter(budget, agent="supervisor", thread=thread)
+    inner = BudgetMeter(budget, agent="worker", thread=thread)
 
     with metering(outer):
         model.invoke("hello")

@@ -191,6 +191,7 @@ def test_a_list_of_deltas_folds_in_order() -> None:
 
 
 def test_spend_is_summed_in_total_and_per_agent() -> None:
+    # A hand-made delta's ``spend`` adds up.
     ledger = fold_all(
         [
             step("a", "c1", spend={"usd_micros": 5, "input_tokens": 100, "output_tokens": 10}),
@@ -205,9 +206,41 @@ def test_spend_is_summed_in_total_and_per_agent() -> None:
         "output_tokens": 10,
     }
     assert ledger["warned"] == ["tokens", "usd"]
-    child = fold_ledger({}, ledger)
-    child = fold_ledger(child, step("x", "s1", spend={"usd_micros": 100}))
-    merged = fold_ledger(fold_ledger(ledger, step("b", "c4", spend={"usd_micros": 1})), child)
+
+
+def _paid(total: int, **by_agent: int) -> dict[str, Any]:
+    return {
+        "total": {"usd_micros": total},
+        "by_agent": {agent: {"usd_micros": usd} for agent, usd in by_agent.items()},
+    }
+
+
+def test_what_the_thread_paid_is_the_highest_figure_any_step_reported() -> None:
+    # Guarded steps report the thread's spend log (a fact), not an increment: the ledger
+    # keeps the highest figure, whatever order parallel steps fold in.
+    deltas = [
+        step("a", "c1", paid=_paid(5, a=5)),
+        step("b", "c1", paid=_paid(12, a=5, b=7)),
+        step("a", "c1", paid=_paid(9, a=9)),  # reported before b's call settled
+    ]
+    results = {repr(fold_all(list(p))["spent"]) for p in itertools.permutations(deltas)}
+    assert results == {repr({"usd_micros": 12})}
+    ledger = fold_all(deltas)
+    assert ledger["spent_by_agent"] == {"a": {"usd_micros": 9}, "b": {"usd_micros": 7}}
+    # A ledger that went back in time (a rollback's fork) catches up with the next step.
+    older = fold_all(deltas[:1])
+    assert fold_ledger(older, step("a", "c9", paid=_paid(12, a=9, b=7)))["spent"] == {
+        "usd_micros": 12
+    }
+
+
+def test_a_subgraph_hands_back_what_the_thread_paid() -> None:
+    parent = fold_all([step("a", "c1", paid=_paid(13, a=13))])
+    child = fold_ledger({}, parent)
+    child = fold_ledger(child, step("x", "s1", paid=_paid(113, a=13, x=100)))
+    # The parent's own step meanwhile reported the log's figure after both settled.
+    sibling = fold_ledger(parent, step("b", "c4", paid=_paid(114, a=13, x=100, b=1)))
+    merged = fold_ledger(sibling, child)
     assert merged["spent"]["usd_micros"] == 114
     assert merged["spent_by_agent"]["x"] == {"usd_micros": 100}
 

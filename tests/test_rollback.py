@@ -31,6 +31,8 @@ from sanegraph.checkpoints import (
 )
 from sanegraph.checkpoints._rollback_core import (
     WALK,
+    Grants,
+    check_grants,
     fork_ledger,
     fork_writes,
     producer_step,
@@ -169,10 +171,46 @@ def test_the_fork_ledger_resets_the_window_and_adds_the_grants() -> None:
     target = _snapshot("c2", ledger={"window": [["a", "x"]], "status": "tripped", "hops": 4})
     latest = _snapshot("c9", ledger={"rollbacks": 2})
 
-    ledger = fork_ledger(target, latest, extra_hops=3, extra_seconds=0.0)
+    ledger = fork_ledger(target, latest, grants=Grants(hops=3))
 
     assert (ledger["window"], ledger["status"], ledger["hops"]) == ([], "running", 4)
     assert (ledger["rollbacks"], ledger["grants"]) == (3, {"hops": 3})
+
+
+def test_the_fork_keeps_what_the_thread_paid_and_adds_money_grants() -> None:
+    # Money paid is a fact: the fork carries the newest spend, not the sane checkpoint's.
+    target = _snapshot(
+        "c2", ledger={"spent": {"usd_micros": 100}, "spent_by_agent": {"a": {"usd_micros": 100}}}
+    )
+    latest = _snapshot(
+        "c9",
+        ledger={
+            "spent": {"usd_micros": 900, "input_tokens": 50},
+            "spent_by_agent": {"a": {"usd_micros": 400}, "b": {"usd_micros": 500}},
+            "warned": ["usd"],
+        },
+    )
+
+    ledger = fork_ledger(target, latest, grants=Grants(usd=2.5, tokens=1000))
+
+    assert ledger["spent"] == {"usd_micros": 900, "input_tokens": 50}
+    assert ledger["spent_by_agent"] == {"a": {"usd_micros": 400}, "b": {"usd_micros": 500}}
+    assert ledger["warned"] == ["usd"]
+    assert ledger["grants"] == {"usd": 2.5, "tokens": 1000}
+
+
+@pytest.mark.parametrize(
+    ("grant", "message"),
+    [
+        ({"extra_usd": -1}, "rollback(extra_usd=...) must be a number >= 0, got -1."),
+        ({"extra_tokens": 1.5}, "rollback(extra_tokens=...) must be a whole number >= 0, got 1.5."),
+    ],
+)
+def test_bad_money_grants_say_what_to_pass(grant: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        check_grants(
+            Grants(**{k.removeprefix("extra_"): v for k, v in grant.items()}), fn="rollback"
+        )
 
 
 def test_the_resume_config_points_at_the_fork_and_drops_the_checkpoint_map() -> None:

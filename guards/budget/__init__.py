@@ -14,15 +14,17 @@ Limit keys name each limit in warnings, grants and trips: ``"usd"``, ``"tokens"`
 """
 
 from ..errors import BudgetExceeded
-from .account import SpendGroup
 from .check import check_spend
-from .meter import BudgetMeter, metering
+from .log import SpendLog, ThreadSpend
+from .meter import AsyncBudgetMeter, BudgetMeter, metering
 from .policy import AgentLimits, Budget, ExhaustedAction, NoUsage
 from .pricing import Price, price_call
-from .spend import Spend, SpendJournal, SpendPool
+from .spend import AsyncSpendJournal, Spend, SpendJournal, SpendPool
 
 __all__ = (
     "AgentLimits",
+    "AsyncBudgetMeter",
+    "AsyncSpendJournal",
     "Budget",
     "BudgetExceeded",
     "BudgetMeter",
@@ -30,9 +32,10 @@ __all__ = (
     "NoUsage",
     "Price",
     "Spend",
-    "SpendGroup",
     "SpendJournal",
+    "SpendLog",
     "SpendPool",
+    "ThreadSpend",
     "check_spend",
     "metering",
     "price_call",

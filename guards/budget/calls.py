@@ -54,10 +54,17 @@ class InFlight(NamedTuple):
     usd_micros: int
     """Projected cost."""
     output_tokens: int
-    """Projected output tokens (``max_tokens``, or 0)."""
+    """Projected output tokens: ``max_tokens``, or ``Budget.assume_output_tokens`` for a
+    model that sets none."""
     pricer: Pricer
     parent_run_id: UUID | None
     metadata: Mapping[str, Any]
+
+    @property
+    def max_tokens_or_zero(self) -> int:
+        """The model's ``max_tokens``, or 0 when it sets none (``per_call_tokens`` caps
+        input plus this: an output allowance is not the call's size)."""
+        return self.max_tokens or 0
 
     @property
     def key(self) -> str:

@@ -70,6 +70,7 @@ def check_spend(
     grants: Mapping[str, float] | None = None,
     warned: Collection[str] = (),
     hops: int = 0,
+    call_tokens: int | None = None,
 ) -> tuple[Trip | None, list[str]]:
     """Check whether the next model call would exceed the budget, before it is made.
 
@@ -96,6 +97,9 @@ def check_spend(
         grants: Extra allowance granted by humans, by limit key (USD for ``"usd"``).
         warned: Limit keys already warned about.
         hops: The thread's hop count, for the trip record.
+        call_tokens: The call's size for ``per_call_tokens``: its input plus the model's
+            ``max_tokens`` (default: ``projected.tokens``). A projection may hold an output
+            allowance for a model that sets no ``max_tokens``; that is not the call's size.
 
     Returns:
         ``(trip, warnings)``: a ``kind="budget"`` trip record (with an extra
@@ -114,15 +118,16 @@ def check_spend(
     cap = budget.per_call_tokens
     if cap is not None:
         allowed_call = cap + int(granted.get("per_call_tokens", 0))
-        if projected.tokens > allowed_call:
+        size = projected.tokens if call_tokens is None else call_tokens
+        if size > allowed_call:
             return budget_trip(
                 f"The next model call would exceed Budget.per_call_tokens={allowed_call} "
-                f"(next call ~{projected.tokens} tokens: {projected.input_tokens} input + "
-                f"{projected.output_tokens} max output, agent={agent!r}). Raise "
+                f"(next call ~{size} tokens: {projected.input_tokens} input + "
+                f"{size - projected.input_tokens} max output, agent={agent!r}). Raise "
                 "Budget.per_call_tokens, or lower the model's max_tokens or trim its input.",
                 key="per_call_tokens",
                 limit=allowed_call,
-                observed=projected.tokens,
+                observed=size,
                 agent=agent,
                 hops=hops,
                 scope="call",

@@ -32,35 +32,47 @@ re-run task keeps), or a random ``"meter-<hex>"`` outside a graph.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from collections.abc import Callable, Collection, Mapping
-from contextlib import AbstractContextManager
-from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import LLMResult
-from langchain_core.tracers.context import register_configure_hook
 
 from ..errors import ConfigurationError
 from ..trips import Trip
-from .account import Account, PoolHolds, SpendGroup
+from ._active import ACTIVE, metering
+from .account import Account, PoolHolds
 from .calls import FinishedCall, InFlight, call_model, key_prefix, max_tokens_of, refused_message
+from .log import ThreadSpend
 from .policy import Budget
 from .pricing import Price, Pricer, pricer
-from .spend import Spend, SpendPool, spend
+from .spend import Spend, SpendPool
 from .tokens import TokenCounter
 
-__all__ = ("BudgetMeter", "metering")
+__all__ = ("AsyncBudgetMeter", "BudgetMeter", "CallHooks", "metering")
+
+
+class CallHooks(Protocol):
+    """What a meter tells a journal about each call (``guarded`` wires the run's journal)."""
+
+    def reserved(self, call: InFlight) -> object:
+        """The call was admitted: journal its reservation (its projection) before it is made."""
+
+    def settled(self, record: Mapping[str, Any]) -> object:
+        """The call ended: journal what it cost (a :attr:`BudgetMeter.calls` record)."""
+
+    def released(self, call: InFlight) -> object:
+        """The call failed before it was billed: drop its reservation."""
 
 
 class BudgetMeter(BaseCallbackHandler):
     """Meters one guarded step's model calls and blocks a call the budget cannot cover
     (see the module docstring for the rules; the numbers are kept by an
-    :class:`~.account.Account`).
+    :class:`~.account.Account` against the thread's :class:`~.log.ThreadSpend`).
 
     Attach it with :func:`metering` (every call made in the context, whatever config the
     call is given; nested guarded steps meter their own calls) or pass it in
@@ -69,19 +81,19 @@ class BudgetMeter(BaseCallbackHandler):
     Args:
         budget: The limits.
         agent: The agent the step's calls are attributed to.
-        spent_before: The thread's spend before this step (``Ledger.spent``).
-        spent_by_agent_before: Spend per agent before this step.
+        thread: The thread's spend (``guarded`` passes the run's); by default a fresh one
+            starting from ``spent_before``.
+        spent_before: Without ``thread``: what the thread spent before this step.
+        spent_by_agent_before: Without ``thread``: spend per agent before this step.
         prices: Policy prices; defaults to ``budget.prices``.
         pool: A shared pool to reserve each call in.
-        on_call: Called with each metered call's record (the journal hook).
+        hooks: Told of each call's reservation, settlement and release (the journal).
+        on_call: Called with each finished call's record (as :attr:`calls` has it).
         grants: Extra allowance granted by humans, by limit key (``Ledger.grants``).
         warned: Limit keys already warned about (``Ledger.warned``).
         hops: The thread's hop count, for trip records.
-        key: Prefix of the call keys.
-        first_call: The index of the step's first call: a re-run of a task whose earlier
-            attempt made calls continues after them.
-        group: The accounts of steps running at the same time in the thread: each call's
-            check also counts what the others spent and have in flight.
+        key: Prefix of the call keys (``"<thread_id>|<checkpoint_ns>"`` in a graph).
+        first_call: The lowest index the step's first call may take.
         tokens: The token counter to count input messages with (a run shares one).
         refused: ``(provider, model)`` pairs to refuse under ``no_usage="refuse"`` (a run
             shares one set).
@@ -109,13 +121,13 @@ class BudgetMeter(BaseCallbackHandler):
 
     __slots__ = (
         "_holds",
-        "_outer",
         "_priced",
         "_refused",
         "_tokens",
         "account",
         "agent",
         "budget",
+        "hooks",
         "key",
         "on_call",
         "pool",
@@ -127,17 +139,18 @@ class BudgetMeter(BaseCallbackHandler):
         budget: Budget,
         *,
         agent: str,
+        thread: ThreadSpend | None = None,
         spent_before: Spend | Mapping[str, int] | None = None,
         spent_by_agent_before: Mapping[str, Spend | Mapping[str, int]] | None = None,
         prices: Mapping[str, Price] | None = None,
         pool: SpendPool | None = None,
-        on_call: Callable[[dict[str, Any]], None] | None = None,
+        hooks: CallHooks | None = None,
+        on_call: Callable[[dict[str, Any]], object] | None = None,
         grants: Mapping[str, float] | None = None,
         warned: Collection[str] = (),
         hops: int = 0,
         key: str | None = None,
         first_call: int = 0,
-        group: SpendGroup | None = None,
         tokens: TokenCounter | None = None,
         refused: set[tuple[str | None, str]] | None = None,
     ) -> None:
@@ -150,22 +163,25 @@ class BudgetMeter(BaseCallbackHandler):
         self.agent = agent
         self.prices = budget.prices if prices is None else prices
         self.pool = pool
+        self.hooks = hooks
         self.on_call = on_call
         self.key = key
+        if thread is None:
+            before = Spend.coerce(spent_before)
+            by_agent = {a: Spend.coerce(v) for a, v in (spent_by_agent_before or {}).items()}
+            thread = ThreadSpend("standalone", paid=before, paid_by_agent=by_agent)
         self.account = Account(
             budget,
             agent=agent,
-            spent_before=spent_before,
-            spent_by_agent_before=spent_by_agent_before,
+            thread=thread,
+            task=key or "",
             grants=grants,
             warned=warned,
             hops=hops,
             first_call=first_call,
-            group=group,
         )
         self._tokens = tokens if tokens is not None else TokenCounter()
         self._refused = refused if refused is not None else set()
-        self._outer: BudgetMeter | None = None
         self._holds = PoolHolds(pool, self.account) if pool is not None else None
         self._priced: tuple[str | None, str, Pricer] | None = None
 
@@ -177,17 +193,7 @@ class BudgetMeter(BaseCallbackHandler):
     @property
     def spent(self) -> Spend:
         """What this step's finished calls spent."""
-        t = self.account.tally
-        with self.account.lock:
-            return spend(t.usd, t.inp, t.out)
-
-    @property
-    def nested_spent(self) -> Spend:
-        """What calls metered by meters nested in this one (guarded steps inside this
-        step, see :func:`metering`) spent. Not in :attr:`spent`; counted in the checks."""
-        t = self.account.tally
-        with self.account.lock:
-            return spend(t.n_usd, t.n_in, t.n_out)
+        return self.account.spent()
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -195,7 +201,7 @@ class BudgetMeter(BaseCallbackHandler):
         ``key``, ``index``, ``run_id``, ``parent_run_id``, ``agent``, ``provider``,
         ``model``, ``input_tokens``, ``output_tokens``, ``usd_micros``, ``estimated``,
         ``max_tokens``, ``projected`` (a ``Spend`` dict), ``thread_id``,
-        ``checkpoint_ns``, ``node``."""
+        ``checkpoint_ns``, ``node``, ``usage_details``."""
         with self.account.lock:
             calls = list(self.account.calls)
         return [call.record(self.agent) for call in calls]
@@ -227,7 +233,9 @@ class BudgetMeter(BaseCallbackHandler):
         counted = count(messages[0]) if len(messages) == 1 else sum(map(count, messages))
         if isinstance(tools, list) and tools:
             counted += self._tokens.tools(tools) * len(messages)
-        self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+        call = self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+        if call is not None:
+            self._reserve(run_id, call)
 
     def on_llm_start(
         self,
@@ -243,7 +251,9 @@ class BudgetMeter(BaseCallbackHandler):
         """Same as :meth:`on_chat_model_start`, for completion (non-chat) models."""
         params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
         counted = count_tokens_approximately([("human", p) for p in prompts])
-        self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+        call = self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+        if call is not None:
+            self._reserve(run_id, call)
 
     def _intake(
         self,
@@ -252,15 +262,17 @@ class BudgetMeter(BaseCallbackHandler):
         metadata: Mapping[str, Any],
         params: Mapping[str, Any],
         input_tokens: int,
-    ) -> None:
-        active = _ACTIVE.get()
+    ) -> InFlight | None:
+        """Project the call and check it against the thread's spend (CPU only): the call
+        admitted and reserved in the thread, or None when an inner meter meters it."""
+        active = ACTIVE.get()
         if active is not None and active is not self:
-            return  # a meter nested in this one (an inner guarded step) meters the call
+            return None  # a meter nested in this one (an inner guarded step) meters it
         provider, model = call_model(metadata, params)
         if self.budget.no_usage == "refuse" and (provider, model) in self._refused:
             raise ConfigurationError(refused_message(provider, model))
         max_tokens = max_tokens_of(metadata, params)
-        output_tokens = max_tokens or 0
+        output_tokens = max_tokens or self.budget.assume_output_tokens
         priced = self._priced
         if priced is None or priced[1] != model or priced[0] != provider:
             priced = self._priced = (
@@ -272,6 +284,7 @@ class BudgetMeter(BaseCallbackHandler):
         prefix = self.key
         if prefix is None:
             prefix = self.key = key_prefix(metadata)
+            self.account.task = prefix
         call = InFlight(
             0,
             prefix,
@@ -285,9 +298,18 @@ class BudgetMeter(BaseCallbackHandler):
             parent_run_id,
             metadata,
         )
-        call = self.account.admit(run_id, call)
+        return self.account.admit(run_id, call)
+
+    def _reserve(self, run_id: UUID, call: InFlight) -> None:
+        """The admitted call's reservations outside the thread: the pool, the journal."""
         if self._holds is not None:
             self._holds.reserve(run_id, call)
+        if self.hooks is not None:
+            try:
+                self.hooks.reserved(call)
+            except BaseException:
+                self._release(run_id)
+                raise
 
     # -- after the call -------------------------------------------------------------------
 
@@ -300,19 +322,31 @@ class BudgetMeter(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Record what the call used, commit its reservation, and call ``on_call``."""
-        account = self.account
-        call = account.pending.get(run_id)  # one dict read: atomic, no lock needed
-        if call is None:
-            return  # not a call this meter admitted (it started before the meter)
-        done = FinishedCall.of(call, run_id=run_id, response=response, prices=self.prices)
-        account.settle(done)
+        """Record what the call used, commit its reservation, and journal it."""
+        done = self._settle(run_id, response)
+        if done is None:
+            return
         if self._holds is not None:
             self._holds.commit(run_id, done.spend)
+        if self.hooks is not None:
+            self.hooks.settled(done.record(self.agent))
         if self.on_call is not None:
             self.on_call(done.record(self.agent))
+        self._refuse_if_no_usage(done)
+
+    def _settle(self, run_id: UUID, response: LLMResult) -> FinishedCall | None:
+        """What the call used, settled in the thread (CPU only); None for a call this
+        meter did not admit (it started before the meter)."""
+        call = self.account.pending.get(run_id)  # one dict read: atomic, no lock needed
+        if call is None:
+            return None
+        done = FinishedCall.of(call, run_id=run_id, response=response, prices=self.prices)
+        self.account.settle(done)
+        return done
+
+    def _refuse_if_no_usage(self, done: FinishedCall) -> None:
         if done.estimated and self.budget.no_usage == "refuse":
-            self._refused.add((call.provider, call.model))
+            self._refused.add((done.flight.provider, done.flight.model))
             raise ConfigurationError(done.no_usage_message())
 
     def on_llm_error(
@@ -324,83 +358,122 @@ class BudgetMeter(BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Forget the failed call and release its pool reservation."""
-        self.account.forget(run_id)
+        """Forget the failed call and release its reservations."""
+        self._release(run_id)
+
+    def _release(self, run_id: UUID) -> None:
+        """Take back a call that failed before it was billed, everywhere."""
+        call = self.account.forget(run_id)
         if self._holds is not None:
             self._holds.release(run_id)
+        if call is not None and self.hooks is not None:
+            self.hooks.released(call)
+
+    def _left(self) -> list[FinishedCall]:
+        """The step ended: its calls that never ended, settled in the thread at their
+        projection (they may have been billed)."""
+        left = [(run_id, call) for run_id, call in self.account.pending.items()]
+        self.account.close()
+        return [
+            FinishedCall(c, run_id, c.input_tokens, c.output_tokens, c.usd_micros, True, {})
+            for run_id, c in left
+        ]
 
     def close(self) -> None:
-        """Release the reservations of calls that never ended (call when the step ends)."""
-        self.account.clear()
+        """The step ended: calls that never ended count at their projection (they may
+        have been billed), in the thread's spend, the pool and the journal."""
+        for done in self._left():
+            if self._holds is not None:
+                self._holds.commit(done.run_id, done.spend)
+            if self.hooks is not None:
+                self.hooks.settled(done.record(self.agent))
+
+
+class AsyncBudgetMeter(BudgetMeter, AsyncCallbackHandler):
+    """A :class:`BudgetMeter` for async steps: its checks are the same, and its journal
+    and pool I/O runs in a worker thread (or the journal's own ``a``-methods), never on
+    the event loop. Model calls awaited with ``ainvoke`` await its callbacks."""
+
+    async def on_chat_model_start(  # type: ignore[override]
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Project the call and block it if the budget or the pool cannot cover it."""
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        tools = params.get("tools")
+        count = self._tokens.count
+        counted = count(messages[0]) if len(messages) == 1 else sum(map(count, messages))
+        if isinstance(tools, list) and tools:
+            counted += self._tokens.tools(tools) * len(messages)
+        call = self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+        if call is not None:
+            await asyncio.to_thread(self._reserve, run_id, call)
+
+    async def on_llm_start(  # type: ignore[override]
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Same as :meth:`on_chat_model_start`, for completion (non-chat) models."""
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        counted = count_tokens_approximately([("human", p) for p in prompts])
+        call = self._intake(run_id, parent_run_id, metadata or {}, params, counted)
+        if call is not None:
+            await asyncio.to_thread(self._reserve, run_id, call)
+
+    async def on_llm_end(  # type: ignore[override]
+        self,
+        response: LLMResult,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record what the call used, commit its reservation, and journal it."""
+        done = self._settle(run_id, response)
+        if done is None:
+            return
+        if self._holds is not None or self.hooks is not None:
+            await asyncio.to_thread(self._record_settled, done)
+        if self.on_call is not None:
+            self.on_call(done.record(self.agent))
+        self._refuse_if_no_usage(done)
+
+    def _record_settled(self, done: FinishedCall) -> None:
         if self._holds is not None:
-            self._holds.release_all()
+            self._holds.commit(done.run_id, done.spend)
+        if self.hooks is not None:
+            self.hooks.settled(done.record(self.agent))
 
+    async def on_llm_error(  # type: ignore[override]
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Forget the failed call and release its reservations."""
+        await asyncio.to_thread(self._release, run_id)
 
-_ACTIVE: ContextVar[BudgetMeter | None] = ContextVar("sanegraph_budget_meter", default=None)
-# LangChain adds the active meter to every callback manager it configures in this context,
-# even for a call given its own ``callbacks`` (as get_usage_metadata_callback does).
-register_configure_hook(_ACTIVE, inheritable=True)
-
-
-class _QuietTrips(logging.Filter):
-    """Drop LangChain's warning for a call the meter blocked on purpose.
-
-    LangChain logs "Error in BudgetMeter.on_chat_model_start callback: BudgetExceeded(...)"
-    at WARNING before re-raising a ``raise_error`` handler's exception. A blocked call is
-    the budget working, recorded as a trip in the ledger; other callback errors (a
-    ``ConfigurationError`` for an unpriced model) still show.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("Error in BudgetMeter.") and "BudgetExceeded(" in message)
-
-
-logging.getLogger("langchain_core.callbacks.manager").addFilter(_QuietTrips())
-
-
-def metering(meter: BudgetMeter) -> AbstractContextManager[BudgetMeter]:
-    """Meter every model call made in this context (and in tasks and runnables it starts).
-
-    Inside the block, LangChain adds ``meter`` to the callbacks of every runnable it
-    configures: model calls made with no config, with the node's original config, with a
-    config of their own (even one with explicit ``callbacks``), inside chains, tools,
-    ``RunnableLambda``s, ``batch`` and subgraphs, sync or async (contextvars follow
-    ``asyncio`` tasks). Calls made from threads started by hand (a raw
-    ``ThreadPoolExecutor``) are not seen: contextvars do not cross into them.
-
-    Blocks nest: a meter activated inside another's block (a guarded step inside a
-    guarded step) meters the calls made in its block alone, so each call is metered once,
-    by the innermost step; what it spends is passed up as the outer meter's
-    :attr:`~BudgetMeter.nested_spent`, and its checks count what the enclosing steps
-    spent themselves.
-
-    Example:
-        ```python
-        meter = BudgetMeter(Budget(usd=5), agent="analyst")
-        with metering(meter):
-            agent(state)  # every model call inside is projected, checked and recorded
-        ```
-    """
-    return _Metering(meter)
-
-
-class _Metering(AbstractContextManager[BudgetMeter]):
-    """What :func:`metering` returns (a class: cheaper to enter than a generator's)."""
-
-    __slots__ = ("_meter", "_token")
-
-    def __init__(self, meter: BudgetMeter) -> None:
-        self._meter = meter
-
-    def __enter__(self) -> BudgetMeter:
-        meter = self._meter
-        outer = _ACTIVE.get()
-        if outer is not meter:
-            meter._outer = outer
-            meter.account.outer = outer.account if outer is not None else None
-        self._token = _ACTIVE.set(meter)
-        return meter
-
-    def __exit__(self, *exc_info: object) -> None:
-        _ACTIVE.reset(self._token)
+    async def aclose(self) -> None:
+        """:meth:`close`, with its I/O off the event loop."""
+        left = self._left()
+        if left and (self._holds is not None or self.hooks is not None):
+            for done in left:
+                await asyncio.to_thread(self._record_settled, done)

@@ -71,10 +71,11 @@ class Budget:
     """What a thread may spend: money and tokens on model calls, and wall-clock time.
 
     Money and tokens are checked *before* each model call, as "would exceed": the call is
-    projected (its input tokens counted, plus the model's ``max_tokens`` when it sets
-    one, priced with genai-prices or ``prices``) and blocked when
-    ``spent + projected > limit`` for any limit set (plus any allowance a human granted);
-    the model is never called. ``per_call_tokens`` caps one call's projected tokens. The
+    projected (its input tokens counted, plus the model's ``max_tokens``, or
+    ``assume_output_tokens`` when it sets none, priced with genai-prices or ``prices``)
+    and blocked when ``spent + projected > limit`` for any limit set (plus any allowance a
+    human granted), where ``spent`` is everything the thread paid and has reserved; the
+    model is never called. ``per_call_tokens`` caps one call's input + ``max_tokens``. The
     limits are thread-scoped; ``per_agent`` adds limits on what one agent spent in the
     thread. When ``spent + projected`` reaches ``warn_at`` of a limit, a warning is
     recorded once. An empty ``Budget()`` sets no limit.
@@ -121,6 +122,11 @@ class Budget:
     :class:`~sanegraph.guards.budget.Price`, for models genai-prices does not know (or to
     override it). A model with no known price is a ``ConfigurationError`` at its first
     call."""
+    assume_output_tokens: int = 1000
+    """Output tokens a call reserves when its model sets no ``max_tokens``: its projection
+    is ``input + assume_output_tokens``, so concurrent calls cannot all pass on the same
+    headroom. A call that answers with more overshoots by the difference; one that answers
+    with less gives the rest back. Give models ``max_tokens`` for an exact bound."""
     no_usage: NoUsage = "estimate"
     """Models whose answers carry no ``usage_metadata``: ``"estimate"`` their tokens with
     ``count_tokens_approximately``, or ``"refuse"`` them. See
@@ -141,6 +147,12 @@ class Budget:
             positive_usd(
                 "Budget.usd", self.usd, "Pass e.g. Budget(usd=5), or None for no money limit."
             )
+        positive_int(
+            "Budget.assume_output_tokens",
+            self.assume_output_tokens,
+            "Pass e.g. Budget(assume_output_tokens=1000), what a call without max_tokens "
+            "reserves for its answer.",
+        )
         for name in ("tokens", "input_tokens", "output_tokens", "per_call_tokens"):
             value = getattr(self, name)
             if value is not None:

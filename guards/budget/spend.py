@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
 
-__all__ = ("Spend", "SpendJournal", "SpendPool")
+__all__ = ("AsyncSpendJournal", "Spend", "SpendJournal", "SpendPool")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,24 +137,41 @@ class SpendPool(Protocol):
 
 @runtime_checkable
 class SpendJournal(Protocol):
-    """Where a guarded step journals its model calls at the moment of spending.
+    """Where a guarded graph journals its threads' model calls and steps, durably.
 
-    Keys are ``(task, call index)``, with the task named by LangGraph's
-    ``runtime.execution_info`` (thread, namespace, parent checkpoint, task id). After a
-    crash LangGraph re-runs the interrupted task with the same key, so the guarded node
-    asks :meth:`prior_calls` what earlier attempts of the task spent: that spend counts
-    against the budget and goes into the step's ledger delta (never lost), and the
-    re-run's calls continue at the next index (never counted twice).
-    ``sanegraph.checkpoints.Journal`` is the SQLite implementation.
+    Every call is journaled twice: as a reservation (its projection) before it is made,
+    and settled (what it cost) after; a call that failed before it was billed is
+    released. A reservation never settled (the process died mid-call) keeps counting at
+    its projection. So what a thread paid survives crashes, retries, rollbacks and
+    forks: the spend log reads it back with :meth:`thread_paid` the first time a process
+    meets the thread. Call keys are ``(task, call index)``, the task named by LangGraph's
+    ``runtime.execution_info`` (thread, namespace, parent checkpoint, task id); a task
+    re-run after a crash or retried keeps its key, and numbers its calls after the ones
+    earlier attempts journaled (:meth:`prior_calls`). Every write is idempotent for its
+    key. ``sanegraph.checkpoints.Journal`` is the SQLite implementation; async graphs use
+    the ``a``-prefixed methods of an :class:`AsyncSpendJournal` when the journal has them,
+    and otherwise run these in a worker thread, never on the event loop.
     """
+
+    def thread_paid(self, thread_id: str) -> tuple[Spend, Mapping[str, Spend]]:
+        """What the thread paid, in total and by agent: settled calls at their cost,
+        reservations never settled at their projection, released calls not at all."""
 
     def prior_calls(self, info: Any) -> tuple[int, Spend]:
         """``(next call index, spend)`` of the calls earlier attempts of the task
         journaled: ``(0, Spend())`` for a task's first attempt."""
 
+    def reserve_call(self, info: Any, record: Mapping[str, Any]) -> object:
+        """Journal a call about to be made at its projection (``index``, ``agent``,
+        ``model``, ``provider``, ``usd_micros``, ``input_tokens``, ``output_tokens``),
+        once per key."""
+
     def log_call(self, info: Any, record: Mapping[str, Any]) -> object:
-        """Journal one metered call (a :attr:`BudgetMeter.calls` record, whose ``index``
-        is its call index), once per key."""
+        """Settle a call at what it cost (a :attr:`BudgetMeter.calls` record, whose
+        ``index`` is its call index), replacing its reservation, once per key."""
+
+    def release_call(self, info: Any, index: int) -> object:
+        """Drop the reservation of a call that failed before it was billed."""
 
     def log_step(
         self,
@@ -167,3 +184,35 @@ class SpendJournal(Protocol):
         tripped: str | None,
     ) -> object:
         """Journal one guarded step (the task's latest attempt)."""
+
+
+@runtime_checkable
+class AsyncSpendJournal(Protocol):
+    """The async forms of a :class:`SpendJournal`'s methods, used by async graphs."""
+
+    async def athread_paid(self, thread_id: str) -> tuple[Spend, Mapping[str, Spend]]:
+        """:meth:`SpendJournal.thread_paid`."""
+
+    async def aprior_calls(self, info: Any) -> tuple[int, Spend]:
+        """:meth:`SpendJournal.prior_calls`."""
+
+    async def areserve_call(self, info: Any, record: Mapping[str, Any]) -> object:
+        """:meth:`SpendJournal.reserve_call`."""
+
+    async def alog_call(self, info: Any, record: Mapping[str, Any]) -> object:
+        """:meth:`SpendJournal.log_call`."""
+
+    async def arelease_call(self, info: Any, index: int) -> object:
+        """:meth:`SpendJournal.release_call`."""
+
+    async def alog_step(
+        self,
+        info: Any,
+        *,
+        agent: str,
+        hop: int,
+        status: str,
+        latency_us: int,
+        tripped: str | None,
+    ) -> object:
+        """:meth:`SpendJournal.log_step`."""
