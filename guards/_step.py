@@ -411,6 +411,12 @@ class Guard:
     def refused(self, step: StepRun) -> dict[str, Any]:
         """The node's write for a step that did not run (or was stopped)."""
         delta = step.delta
+        if "paid" not in delta and step.info is not None and step.info.thread_id:
+            # The ledger's copy of what the thread paid catches up here too: an earlier
+            # attempt may have paid for calls and then raised.
+            thread = step.scope.spend.known(step.info.thread_id)
+            if thread is not None:
+                delta["paid"] = thread.paid().to_delta()
         branch = step.state.get(BRANCH_KEY)
         if branch:
             # A parallel branch the guard refused still shows in its round, as failed.

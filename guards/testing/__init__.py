@@ -19,10 +19,15 @@ Example:
 """
 
 from .agents import async_scripted_agent, envelope_message, scripted_agent
+from .faults import FAULTS, Fault, FaultyChatModel, ProviderError
 from .models import ENVELOPE_TOOL, ScriptedChatModel, ScriptedResponse, ScriptExhausted
 
 __all__ = (
     "ENVELOPE_TOOL",
+    "FAULTS",
+    "Fault",
+    "FaultyChatModel",
+    "ProviderError",
     "ScriptExhausted",
     "ScriptedChatModel",
     "ScriptedResponse",
