@@ -25,8 +25,8 @@ The tables are sqlite-utils tables prefixed ``sanegraph_`` (LangGraph's ``checkp
 Open the journal on a file (its own connection, for any checkpointer, including
 ``AsyncSqliteSaver``), or on a sync ``SqliteSaver`` to write through the saver's own
 connection and lock, in the same file as the checkpoints. Every write is one short
-``BEGIN IMMEDIATE`` transaction; ``database is locked`` after the busy timeout is retried a
-few times with a jittered back-off.
+``BEGIN IMMEDIATE`` transaction of plain SQL; ``database is locked`` after the busy timeout
+is retried a few times with a jittered back-off, with no lock held.
 
 Amounts are :class:`sanegraph.guards.budget.Spend` (integer micro-dollars and tokens).
 
@@ -60,7 +60,7 @@ from ._journal_core import (
     prior_of_sums,
     task_values,
 )
-from ._sqlite import SUM_SPEND, Store, connect, inserted
+from ._sqlite import SUM_SPEND, Store, connect, insert
 from ._values import SPEND_COLUMNS, spend_of
 from .saver import DEFAULT_BUSY_TIMEOUT, StrPath
 
@@ -72,6 +72,11 @@ _TASK_CALLS = (
 )
 """A task's next call index and the sums of its calls' spend, in one statement (the rule
 of ``sum_prior_calls``)."""
+_STEP_VALUES = ("agent", "hop", "status", "latency_us", "tripped", "created_at")
+_UPDATE_STEP = (
+    f"UPDATE {STEPS_TABLE} SET {', '.join(f'{column} = ?' for column in _STEP_VALUES)} "
+    f"WHERE {_KEY_WHERE}"
+)
 
 
 def _create_tables(db: sqlite_utils.Database) -> None:
@@ -167,20 +172,20 @@ class Journal(JournalBase, Store):
             with self._lock:
                 yield
 
-    # -- the store's part of JournalBase
+    # -- the store's part of JournalBase: plain SQL (sqlite-utils' table methods re-read
+    # the schema on every call, inside the write lock)
 
     def _insert_call(self, row: dict[str, Any]) -> bool:
-        table = self._db.table(CALLS_TABLE)
-        return self._write(lambda: inserted(self._conn, lambda: table.insert(row, ignore=True)))
+        return self._write(lambda: insert(self._conn, CALLS_TABLE, row, ignore=True))
 
     def _upsert_step(self, row: dict[str, Any]) -> bool:
-        table = self._db.table(STEPS_TABLE)
-        key = [row[column] for column in TASK_COLUMNS]
+        update = [*(row[column] for column in _STEP_VALUES), *(row[c] for c in TASK_COLUMNS)]
 
         def upsert() -> bool:
-            new = table.count_where(_KEY_WHERE, key) == 0
-            table.upsert(row, pk=TASK_COLUMNS)
-            return new
+            if insert(self._conn, STEPS_TABLE, row, ignore=True):
+                return True
+            self._conn.execute(_UPDATE_STEP, update)
+            return False
 
         return self._write(upsert)
 
@@ -205,9 +210,12 @@ class Journal(JournalBase, Store):
         return self._rows(STEPS_TABLE, thread_id)
 
     def _rows(self, name: str, thread_id: str) -> list[dict[str, Any]]:
-        table = self._db.table(name)
+        # db.table() queries sqlite_master: inside the session, as every use of the
+        # connection (see _sqlite.py).
         return self._read(
-            lambda: list(table.rows_where("thread_id = ?", [thread_id], order_by="rowid"))
+            lambda: list(
+                self._db.table(name).rows_where("thread_id = ?", [thread_id], order_by="rowid")
+            )
         )
 
     # -- async shell: the same calls in a worker thread, off the event loop
@@ -262,9 +270,10 @@ class Journal(JournalBase, Store):
 
     def close(self) -> None:
         """Close the journal's own connection (a saver's connection stays open)."""
-        conn, self._own = self._own, None
-        if conn is not None:
-            conn.close()
+        with self._lock:
+            conn, self._own = self._own, None
+            if conn is not None:
+                conn.close()
 
 
 if TYPE_CHECKING:

@@ -75,7 +75,7 @@ from ._pool_core import (
     pool_gone,
     reservation_row,
 )
-from ._sqlite import SUM_SPEND, Store, connect, inserted
+from ._sqlite import SUM_SPEND, Store, connect, insert
 from ._values import SPEND_COLUMNS, nonempty_str, spend_columns, spend_of
 from .saver import DEFAULT_BUSY_TIMEOUT, StrPath
 
@@ -145,8 +145,9 @@ def _create_tables(db: sqlite_utils.Database) -> None:
 
 # The statements below run inside the BEGIN IMMEDIATE transaction, while the connection
 # holds the database's write lock that every other holder waits for. They are plain SQL:
-# sqlite-utils' get/update/delete re-read the schema on every call (about six statements
-# each), which tripled the time the lock was held.
+# sqlite-utils' get/insert/update/delete re-read the schema on every call (about six
+# statements each), which tripled the time the lock was held, and each statement is one
+# more wait for the GIL, with the lock held, when a process runs many threads.
 
 
 def _read(conn: sqlite3.Connection, name: str) -> PoolCounters | None:
@@ -327,7 +328,7 @@ class SharedBudget(Store):
                 return None
             held, after = granted
             row = reservation_row(held, now=now, pid=os.getpid(), host=self._host)
-            self._db.table(RESERVATIONS_TABLE).insert(row)
+            insert(self._conn, RESERVATIONS_TABLE, row, ignore=False)
             _write(self._conn, self.name, now=now, spent=None, reserved=after.reserved)
             return held
 
@@ -355,8 +356,7 @@ class SharedBudget(Store):
             check_owner(reservation, self.name)
             held = _take(self._conn, reservation)
             row = commit_row(reservation, cost, now=now, pid=os.getpid(), host=self._host)
-            table = self._db.table(COMMITS_TABLE)
-            counted = inserted(self._conn, lambda: table.insert(row, ignore=True))
+            counted = insert(self._conn, COMMITS_TABLE, row, ignore=True)
             after = counters.commit(held, cost if counted else None)
             spent = after.spent if counted else None
             _write(self._conn, self.name, now=now, spent=spent, reserved=after.reserved)

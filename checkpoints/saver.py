@@ -15,6 +15,10 @@ Pick the flavour that matches the code that runs the graph:
 
 Using one where the other belongs raises :class:`~sanegraph.guards.ConfigurationError`
 naming the right function.
+
+Code that shares a sync saver's connection (``Journal(saver)`` does) uses it only inside
+``with saver.cursor():``, which holds the saver's lock: a statement run on the connection
+from another thread can stall the whole process for the busy timeout (``_sqlite.py``).
 """
 
 from __future__ import annotations
