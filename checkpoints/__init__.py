@@ -3,9 +3,10 @@
 Open the checkpointer with :func:`sqlite_saver` (sync) or :func:`async_sqlite_saver`
 (async); after a trip, fork the thread from its last sane checkpoint with
 :func:`rollback` and resume it with ``graph.invoke(None, config)``. In the same file,
-:class:`Journal` journals each model call and guarded step under its task's key (the SQLite
-``SpendJournal``), and :class:`SharedBudget` keeps a spend pool that many threads and
-processes reserve from before each model call.
+:class:`Journal` journals each model call (reserved before it is made, then settled or
+released) and each guarded step under its task's key (the SQLite ``SpendJournal``), and
+:class:`SharedBudget` keeps a spend pool that many threads and processes reserve from
+before each model call.
 
 Example:
     ```python

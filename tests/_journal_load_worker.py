@@ -8,8 +8,8 @@ through the saver, and the ``SharedBudget`` pool "load" in the same file. It wri
 ``SYNC_DIR/ready-<WORKER>``, waits for ``SYNC_DIR/go``, then runs THREADS Python threads,
 each driving its own LangGraph thread ``w<WORKER>-t<i>`` for STEPS steps with
 ``durability="sync"``. Each step does what a guarded step does around one model call,
-without a model: reserve in the pool, journal the call, commit in the pool, journal the
-step. Every exception a thread meets is reported with the
+without a model: reserve in the pool, reserve in the journal, settle in the journal,
+commit in the pool, journal the step. Every exception a thread meets is reported with the
 functions it came through, never raised: the test asserts there is none.
 """
 
@@ -64,6 +64,7 @@ def _graph(saver: Any, journal: Journal, pool: SharedBudget, steps: int) -> Any:
         held = pool.reserve(PROJECTED, key=TaskKey.of(info).call_key(0))
         if held is None:
             raise RuntimeError("the pool refused a reservation")
+        journal.reserve_call(info, {**call, **PROJECTED.to_dict()})
         journal.log_call(info, {**call, **ACTUAL.to_dict(), "projected": PROJECTED.to_dict()})
         pool.commit(held, ACTUAL)
         journal.log_step(info, agent="worker", hop=state["n"] + 1, status="success", latency_us=1)

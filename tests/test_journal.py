@@ -23,11 +23,16 @@ from sanegraph.checkpoints._journal_core import (
     JournalBase,
     call_row,
     record_values,
+    released,
+    settled,
     sum_prior_calls,
+    sum_thread_paid,
+    task_values,
 )
 from sanegraph.checkpoints.journal import CALLS_TABLE, STEPS_TABLE
 from sanegraph.guards import Budget, ConfigurationError
 from sanegraph.guards.budget import BudgetMeter, Spend, SpendJournal, metering
+from sanegraph.guards.budget.spend import AsyncSpendJournal
 from sanegraph.guards.testing import ScriptedChatModel
 
 TASK = TaskKey(thread_id="t1", checkpoint_ns="agent:abc", checkpoint_id="c1", task_id="abc")
@@ -121,8 +126,15 @@ def test_a_meter_record_becomes_a_checked_call_row() -> None:
         "agent": "analyst",
         "provider": "openai",
         "model": "gpt-4o",
+        "status": "settled",
         **CALL.to_dict(),
+        "projected_usd_micros": 2_000,
+        "projected_input_tokens": 1_000,
+        "projected_output_tokens": 256,
+        "estimated": 0,
+        "usage_details": None,
         "created_at": 12.5,
+        "updated_at": 12.5,
     }
     with pytest.raises(ConfigurationError, match=re.escape("agent must be a non-empty str")):
         record = record_values(_record(0, agent=""))
@@ -130,7 +142,8 @@ def test_a_meter_record_becomes_a_checked_call_row() -> None:
 
 
 class MemoryJournal(JournalBase):
-    """A journal store in three methods: what a store for another database implements."""
+    """A journal store in six small methods: what a store for another database implements,
+    applying the core's rules (``settled``, ``released``, the sums) to plain dicts."""
 
     def __init__(self) -> None:
         self.calls: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -140,6 +153,19 @@ class MemoryJournal(JournalBase):
         key = tuple(row[c] for c in (*TASK_COLUMNS, "call_index"))
         return self.calls.setdefault(key, row) is row
 
+    def _write(self, key: tuple[Any, ...], row: dict[str, Any] | None) -> bool:
+        if row is not None:
+            self.calls[key] = row
+        return row is not None
+
+    def _settle_call(self, row: dict[str, Any]) -> bool:
+        key = tuple(row[c] for c in (*TASK_COLUMNS, "call_index"))
+        return self._write(key, settled(self.calls.get(key), row))
+
+    def _release_call(self, task: TaskKey, call_index: int, *, now: float) -> bool:
+        key = (*task_values(task), call_index)
+        return self._write(key, released(self.calls.get(key), now=now))
+
     def _upsert_step(self, row: dict[str, Any]) -> bool:
         key = tuple(row[c] for c in TASK_COLUMNS)
         new = key not in self.steps
@@ -147,11 +173,13 @@ class MemoryJournal(JournalBase):
         return new
 
     def _task_calls(self, task: TaskKey) -> tuple[int, Spend]:
-        key = (task.thread_id, task.checkpoint_ns, task.checkpoint_id, task.task_id)
-        return sum_prior_calls(row for k, row in self.calls.items() if k[:4] == key)
+        return sum_prior_calls(row for k, row in self.calls.items() if k[:4] == task_values(task))
+
+    def _thread_paid(self, thread_id: str) -> tuple[Spend, dict[str, Spend]]:
+        return sum_thread_paid(row for k, row in self.calls.items() if k[0] == thread_id)
 
 
-def test_a_store_of_three_methods_is_a_spend_journal_with_the_same_rules() -> None:
+def test_a_store_of_six_methods_is_a_spend_journal_with_the_same_rules() -> None:
     journal = MemoryJournal()
     assert isinstance(journal, SpendJournal)
     assert journal.log_call(INFO, _record(0))
@@ -280,15 +308,20 @@ async def test_an_async_saver_is_refused_naming_the_path_form(tmp_path: Path) ->
 # -- the SpendJournal methods, keyed by runtime.execution_info ---------------------------
 
 
-def test_the_journal_is_a_spend_journal_with_the_protocols_signatures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", [SpendJournal, AsyncSpendJournal])
+def test_the_journal_is_a_spend_journal_with_the_protocols_signatures(
+    tmp_path: Path, protocol: type
+) -> None:
     with Journal(tmp_path / "journal.sqlite") as journal:
-        assert isinstance(journal, SpendJournal)
-    for method in ("prior_calls", "log_call", "log_step"):
-        protocol = inspect.signature(getattr(SpendJournal, method)).parameters.values()
-        journal_method = inspect.signature(getattr(Journal, method)).parameters.values()
-        assert [(p.name, p.kind) for p in journal_method] == [(p.name, p.kind) for p in protocol], (
-            method
-        )
+        assert isinstance(journal, protocol)
+    methods = [name for name in vars(protocol) if not name.startswith("_")]
+    assert len(methods) == 6
+    for method in methods:
+        expected = inspect.signature(getattr(protocol, method)).parameters.values()
+        actual = inspect.signature(getattr(Journal, method)).parameters.values()
+        assert [(p.name, p.kind) for p in actual] == [(p.name, p.kind) for p in expected], method
+        is_async = inspect.iscoroutinefunction(getattr(Journal, method))
+        assert is_async == (protocol is AsyncSpendJournal), method
 
 
 def test_a_first_attempt_has_no_prior_calls(tmp_path: Path) -> None:

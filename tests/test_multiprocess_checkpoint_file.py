@@ -2,7 +2,7 @@
 LangGraph's checkpoints, the journal (written through the saver) and a shared pool.
 
 Each step of each thread does what a guarded step does around one model call (pool
-reserve, journal call, pool commit, journal step) while LangGraph
+reserve, journal reserve, journal settle, pool commit, journal step) while LangGraph
 writes its checkpoint and task writes (``durability="sync"``). Before the fix, such runs
 raised ``database is locked`` from ``SqliteSaver.put``/``put_writes`` and ran 8-16x
 slower; once ``cannot commit - no transaction is active`` from the journal.
@@ -54,11 +54,14 @@ def test_every_statement_runs_with_its_connections_lock_held(tmp_path: Path) -> 
         call = {"index": 0, "agent": "worker", **ACTUAL.to_dict()}
         for journal in (shared, own):
             journal.prior_calls(info)
+            journal.reserve_call(info, call)
             journal.log_call(info, call)
+            journal.reserve_call(info, {**call, "index": 1})
+            journal.release_call(info, 1)
             journal.log_step(info, agent="worker", hop=1, status="success", latency_us=1)
             journal.record_call(TaskKey.of(info), 2, agent="worker", spend=ACTUAL)
             journal.record_step(TaskKey.of(info), agent="worker", hop=1, status="x", latency_us=1)
-            journal.thread_spend("t1")
+            journal.thread_paid("t1")
             journal.task_spend(TaskKey.of(info))
             journal.calls("t1")
             journal.steps("t1")
@@ -121,8 +124,9 @@ def test_four_processes_of_eight_threads_share_one_checkpoint_file(tmp_path: Pat
         # No lost step: every thread's checkpoints and journal have all its steps.
         assert {t: _step_count(saver, t) for t in threads} == dict.fromkeys(threads, STEPS)
         assert {t: len(journal.steps(t)) for t in threads} == dict.fromkeys(threads, STEPS)
-        assert {t: len(journal.calls(t)) for t in threads} == dict.fromkeys(threads, STEPS)
-        paid = [journal.thread_spend(t) for t in threads]
+        statuses = {c["status"] for t in threads for c in journal.calls(t)}
+        assert statuses == {"settled"}
+        paid = [journal.thread_paid(t)[0] for t in threads]
         assert paid == [Spend(**{k: v * STEPS for k, v in ACTUAL.to_dict().items()})] * len(threads)
         total = sum(paid, Spend())
     with SharedBudget(POOL, path=db) as pool:
