@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = (
     "node_runnable",
     "parent_ns",
     "pending_nodes",
+    "recursion_limit",
     "replace_node_runnable",
     "root_checkpoint_id",
     "saver_loop",
@@ -102,6 +104,20 @@ def parent_ns(task_ns: str) -> str:
     """The namespace of the graph a task runs in: its namespace without its own segment
     (``""`` for a root-graph task)."""
     return task_ns.rpartition(NS_SEP)[0]
+
+
+def recursion_limit(config: Mapping[str, Any]) -> int:
+    """The recursion limit a graph run under ``config`` gets.
+
+    LangGraph gives a root graph its own default (10,007, or the
+    ``LANGGRAPH_DEFAULT_RECURSION_LIMIT`` environment variable) when the config sets none,
+    but a graph invoked from inside a node through a Runnable receives langchain-core's
+    default of 25 instead: a wrapped agent would die at 25 supersteps.
+    """
+    limit = config.get("recursion_limit")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
+        return limit
+    return int(os.getenv("LANGGRAPH_DEFAULT_RECURSION_LIMIT", "10007"))
 
 
 def root_checkpoint_id(config: Mapping[str, Any]) -> str | None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import _compat
 from .budget.log import SpendLog, ThreadSpend
-from .budget.tokens import TokenCounter
+from .budget.tokens import TokenCounter, shared_counter
 from .errors import ConfigurationError
 from .ledger import FANOUT_HOPS, FANOUT_INDEX
 
@@ -160,9 +160,9 @@ class RunScope:
     def __init__(self, *, spend: SpendLog | None = None, pool: Any = None) -> None:
         self.spend = spend if spend is not None else SpendLog()
         self.pool = pool
-        self.tokens = TokenCounter()
-        """Input-token counts of the messages the run's model calls send (weakly keyed:
-        a count leaves with its message)."""
+        self.tokens: TokenCounter = shared_counter()
+        """Input-token counts of the messages model calls send (the process's counter:
+        weakly keyed, a count leaves with its message)."""
         self.refused_models: set[tuple[str | None, str]] = set()
         """Models that answered without usage under ``Budget(no_usage="refuse")``."""
         self._lock = threading.Lock()

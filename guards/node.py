@@ -13,14 +13,35 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.runtime import get_runtime
 
+from . import _compat
 from ._step import Guard, Metered
 from .errors import ConfigurationError
 from .policy import GuardPolicy
 
 __all__ = ("guarded",)
+
+
+class _RunnableNode(Runnable[Any, Any]):
+    """The node of a guarded Runnable agent: sync and async, and handed the config
+    LangGraph gives the node as it is (a ``RunnableLambda`` would fill in langchain-core's
+    defaults, among them a recursion limit of 25 for the agent it runs)."""
+
+    def __init__(self, func: Any, afunc: Any, *, name: str | None) -> None:
+        self._func = func
+        self._afunc = afunc
+        self.name = name
+        self.sanegraph_policy: GuardPolicy | None = None
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Run the guarded agent (LangGraph calls this with the task's config)."""
+        return self._func(input, config or {})
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """Run the guarded agent, async."""
+        return await self._afunc(input, config or {})
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -88,7 +109,9 @@ def guarded(
 
     Returns:
         A node for ``StateGraph.add_node``: a function (async if the agent is), or for
-        a Runnable agent a ``RunnableLambda`` that runs sync and async.
+        a Runnable agent a Runnable that runs sync and async, and runs the agent under
+        the caller's recursion limit (LangGraph's default when none is set), not
+        langchain-core's 25: the thread's hop cap and budget are its bounds.
 
     Example:
         ```python
@@ -153,16 +176,21 @@ def guarded(
     if _is_runnable(agent):
         # A Runnable (compiled subgraph, chain) can run both ways: so does its node.
         runnable: Any = agent
-        sync_guard = Guard(pol, name, result_type, lambda s, c, r: runnable.invoke(s, c))
-        async_guard = Guard(pol, name, result_type, lambda s, c, r: runnable.ainvoke(s, c))
 
-        def rnode(state: Any, config: RunnableConfig) -> Any:
-            return run(sync_guard, state, config, get_runtime())
+        def limited(config: RunnableConfig) -> RunnableConfig:
+            # The caller's limits, not langchain-core's default of 25 supersteps: the
+            # thread's hop cap and budget bound a wrapped agent (create_agent, a subgraph).
+            if config.get("recursion_limit") is not None:
+                return config
+            return {**config, "recursion_limit": _compat.recursion_limit(config)}
 
-        async def arnode(state: Any, config: RunnableConfig) -> Any:
-            return await arun(async_guard, state, config, get_runtime())
-
-        node = RunnableLambda(rnode, afunc=arnode, name=label if isinstance(label, str) else None)
+        sync_guard = Guard(pol, name, result_type, lambda s, c, r: runnable.invoke(s, limited(c)))
+        async_guard = Guard(pol, name, result_type, lambda s, c, r: runnable.ainvoke(s, limited(c)))
+        node = _RunnableNode(
+            lambda s, c: run(sync_guard, s, c, get_runtime()),
+            lambda s, c: arun(async_guard, s, c, get_runtime()),
+            name=label if isinstance(label, str) else None,
+        )
         node.sanegraph_policy = pol
         return node
     guard = Guard(pol, name, result_type, _caller(agent))

@@ -485,7 +485,9 @@ def test_pool_and_journal_must_be_what_they_say() -> None:
     builder.add_edge(START, "researcher")
     with pytest.raises(ConfigurationError, match=r"compile\(pool=...\) must be a shared pool"):
         builder.compile(pool=object())  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match=r"compile\(journal=...\) must have prior_calls"):
+    with pytest.raises(
+        ConfigurationError, match=r"compile\(journal=...\) must have thread_paid/prior_calls"
+    ):
         builder.compile(journal="runs/journal.sqlite")  # type: ignore[arg-type]
 
 

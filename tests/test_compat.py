@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
 import pytest
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -49,6 +49,7 @@ from sanegraph.guards._compat import (
     parent_ns,
     pending_nodes,
     plain_targets,
+    recursion_limit,
     replace_node_runnable,
     root_checkpoint_id,
     saver_loop,
@@ -272,6 +273,37 @@ def test_graph_depth_reads_the_namespace_a_subgraph_runs_under(
         assert graph_depth(graph_ns) == task_depth(task_ns), (
             f"graph_depth({graph_ns!r}) != task_depth({task_ns!r}) (guards/_compat.graph_depth)"
         )
+
+
+def test_a_runnable_invoked_inside_a_node_gets_langchains_limit_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def inner(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        seen["inner"] = config.get("recursion_limit")
+        return {}
+
+    def node(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        seen["node"] = config.get("recursion_limit")
+        RunnableLambda(inner).invoke(state, config)
+        return {}
+
+    builder = StateGraph(dict)  # type: ignore[type-var]
+    builder.add_node("node", node)
+    builder.add_edge(START, "node")
+    builder.compile().invoke({"x": 1})
+    assert seen == {"node": None, "inner": 25}, (
+        f"A node's config carried recursion_limit={seen['node']!r} and a Runnable it "
+        f"invoked got {seen['inner']!r}; sanegraph hands a guarded Runnable agent "
+        "LangGraph's own default instead of langchain-core's 25 (guards/_compat."
+        "recursion_limit)"
+    )
+    monkeypatch.delenv("LANGGRAPH_DEFAULT_RECURSION_LIMIT", raising=False)
+    assert recursion_limit({}) == 10007
+    assert recursion_limit({"recursion_limit": 77}) == 77
+    monkeypatch.setenv("LANGGRAPH_DEFAULT_RECURSION_LIMIT", "500")
+    assert recursion_limit({}) == 500
 
 
 def test_parent_ns_is_the_namespace_of_the_graph_a_task_runs_in(

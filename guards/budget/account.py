@@ -106,36 +106,35 @@ class Account:
             out += call.output_tokens
         return spend(usd, inp, out)
 
-    def admit(self, run_id: UUID, call: InFlight) -> InFlight:
+    def admit(self, run_id: UUID, call: InFlight) -> None:
         """Check the call against what its thread paid and has reserved, and reserve it
-        there, or trip (:meth:`tripped`). Returns the call with its key's index."""
+        there, or trip (:meth:`tripped`). The call's key index is already its own
+        (:meth:`~.log.ThreadSpend.take_index`)."""
         thread = self.thread
-        index = thread.take_index(self.task, self.first_call)
-        call = call._replace(call_index=index)
         c_usd, c_in, c_out = call.usd_micros, call.input_tokens, call.output_tokens
-        projected = spend(c_usd, c_in, c_out)
         with thread.lock:
-            total, mine = thread.so_far(self.agent)
+            t_usd, t_in, t_out, a_usd, a_in, a_out = thread.so_far(self.agent)
             gate = self._gate_now()
             if gate is not None and below(
                 gate,
                 c_in + call.max_tokens_or_zero,
-                total.usd_micros + c_usd,
-                total.input_tokens + c_in,
-                total.output_tokens + c_out,
+                t_usd + c_usd,
+                t_in + c_in,
+                t_out + c_out,
                 _ZERO,
-                mine.usd_micros + c_usd,
-                mine.input_tokens + c_in,
-                mine.output_tokens + c_out,
+                a_usd + c_usd,
+                a_in + c_in,
+                a_out + c_out,
             ):
                 warnings = no_warnings
             else:
+                projected = spend(c_usd, c_in, c_out)
                 trip, warnings = check_spend(
-                    total,
+                    spend(t_usd, t_in, t_out),
                     projected,
                     budget=self.budget,
                     agent=self.agent,
-                    spent_by_agent={self.agent: mine},
+                    spent_by_agent={self.agent: spend(a_usd, a_in, a_out)},
                     grants=self.grants,
                     warned=self._warned,
                     hops=self.hops,
@@ -145,7 +144,7 @@ class Account:
                     cast(dict[str, Any], trip)["projected"] = projected.to_dict()
                     self.tripped(trip)
             # Reserved before any pool or provider is asked, so a parallel call sees it.
-            thread.reserve(call.key, agent=self.agent, projected=projected)
+            thread.reserve(call.key, agent=self.agent, usd=c_usd, inp=c_in, out=c_out)
             self.pending[run_id] = call
             for warned in warnings:
                 self._warned.add(warned)
@@ -157,7 +156,6 @@ class Account:
                 f"{self.budget.warn_at:.0%}",
                 warned,
             )
-        return call
 
     def forget(self, run_id: UUID) -> InFlight | None:
         """Take back a call that failed before it was billed (or was never made)."""

@@ -16,7 +16,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from ..errors import ConfigurationError
 from .check import usd
 from .pricing import Price, Pricer, price_usage, usage_counts
-from .spend import Spend
+from .spend import Spend, spend
 
 __all__ = (
     "FinishedCall",
@@ -114,11 +114,7 @@ class FinishedCall(NamedTuple):
     @property
     def spend(self) -> Spend:
         """What the call cost."""
-        return Spend(
-            usd_micros=self.usd_micros,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-        )
+        return spend(self.usd_micros, self.input_tokens, self.output_tokens)
 
     def no_usage_message(self) -> str:
         """The error for a call that revealed its model reports no usage."""

@@ -39,6 +39,12 @@ __all__ = ("Paid", "SpendLog", "ThreadSpend")
 _ZERO = Spend()
 
 
+def _raise_to(row: list[int], floor: Spend) -> None:
+    row[0] = max(row[0], floor.usd_micros)
+    row[1] = max(row[1], floor.input_tokens)
+    row[2] = max(row[2], floor.output_tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class Paid:
     """A thread's spend: in total and by agent (calls settled, plus reservations of calls
@@ -55,44 +61,22 @@ class Paid:
         }
 
 
-class _Totals:
-    """Ints: usd micro-dollars, input tokens, output tokens."""
-
-    __slots__ = ("inp", "out", "usd")
-
-    def __init__(self, usd: int = 0, inp: int = 0, out: int = 0) -> None:
-        self.usd, self.inp, self.out = usd, inp, out
-
-    def add(self, s: Spend, sign: int = 1) -> None:
-        self.usd += sign * s.usd_micros
-        self.inp += sign * s.input_tokens
-        self.out += sign * s.output_tokens
-
-    def spend(self) -> Spend:
-        return spend(self.usd, self.inp, self.out)
+_Row = list[int]
+"""Six ints: settled usd micro-dollars, input and output tokens, then the same reserved."""
 
 
-def _raise_to(totals: _Totals, floor: Spend) -> None:
-    totals.usd = max(totals.usd, floor.usd_micros)
-    totals.inp = max(totals.inp, floor.input_tokens)
-    totals.out = max(totals.out, floor.output_tokens)
+def _row() -> _Row:
+    return [0, 0, 0, 0, 0, 0]
 
 
 class ThreadSpend:
     """What one thread paid, and the calls it has reserved and not settled yet.
 
     Every method takes the thread's lock for a few integer operations, never for I/O.
+    The numbers are plain ints in lists (the meter reads and writes them on every call).
     """
 
-    __slots__ = (
-        "_agents",
-        "_calls",
-        "_next",
-        "_reserved",
-        "_settled",
-        "lock",
-        "thread_id",
-    )
+    __slots__ = ("_agents", "_calls", "_next", "_thread", "lock", "thread_id")
 
     def __init__(
         self,
@@ -103,48 +87,48 @@ class ThreadSpend:
     ) -> None:
         self.thread_id = thread_id
         self.lock = threading.Lock()
-        self._settled = _Totals(paid.usd_micros, paid.input_tokens, paid.output_tokens)
-        self._reserved = _Totals()
-        self._agents: dict[str, tuple[_Totals, _Totals]] = {}
+        self._thread: _Row = [paid.usd_micros, paid.input_tokens, paid.output_tokens, 0, 0, 0]
+        self._agents: dict[str, _Row] = {}
         for agent, s in (paid_by_agent or {}).items():
-            self._agent(agent)[0].add(s)
-        self._calls: dict[str, tuple[str, Spend]] = {}
-        """Reservations not settled yet: call key -> (agent, projection)."""
+            self._agents[agent] = [s.usd_micros, s.input_tokens, s.output_tokens, 0, 0, 0]
+        self._calls: dict[str, tuple[str, int, int, int]] = {}
+        """Reservations not settled yet: call key -> (agent, usd, input, output)."""
         self._next: dict[str, int] = {}
         """The next call index of each task (by namespace) that made calls here."""
 
-    def _agent(self, agent: str) -> tuple[_Totals, _Totals]:
-        found = self._agents.get(agent)
-        if found is None:
-            found = self._agents[agent] = (_Totals(), _Totals())
-        return found
-
     # -- reads (lock held by the caller, or a snapshot) ---------------------------------
 
-    def so_far(self, agent: str) -> tuple[Spend, Spend]:
-        """``(thread, agent)``: settled plus reserved, for a check (lock held)."""
-        s, r = self._settled, self._reserved
-        thread = spend(s.usd + r.usd, s.inp + r.inp, s.out + r.out)
-        found = self._agents.get(agent)
-        if found is None:
-            return thread, _ZERO
-        a, b = found
-        return thread, spend(a.usd + b.usd, a.inp + b.inp, a.out + b.out)
+    def so_far(self, agent: str) -> tuple[int, int, int, int, int, int]:
+        """Settled plus reserved, as ``(thread usd, input, output, agent usd, input,
+        output)``, for a check (lock held)."""
+        t = self._thread
+        a = self._agents.get(agent)
+        if a is None:
+            return t[0] + t[3], t[1] + t[4], t[2] + t[5], 0, 0, 0
+        return t[0] + t[3], t[1] + t[4], t[2] + t[5], a[0] + a[3], a[1] + a[4], a[2] + a[5]
 
     def catch_up(self, paid: Spend, by_agent: Mapping[str, Any]) -> None:
         """Count at least what a ledger's copy says was paid (component by component):
         another process may have run the thread since this log last saw it."""
         with self.lock:
-            _raise_to(self._settled, paid)
+            _raise_to(self._thread, paid)
             for agent, value in by_agent.items():
-                _raise_to(self._agent(agent)[0], Spend.coerce(value))
+                row = self._agents.get(agent)
+                if row is None:
+                    row = self._agents[agent] = _row()
+                _raise_to(row, Spend.coerce(value))
 
     def paid(self) -> Paid:
         """What the thread paid: its settled calls, by agent (a snapshot)."""
         with self.lock:
+            t = self._thread
             return Paid(
-                self._settled.spend(),
-                {agent: t[0].spend() for agent, t in self._agents.items() if t[0].usd or t[0].inp},
+                spend(t[0], t[1], t[2]),
+                {
+                    agent: spend(a[0], a[1], a[2])
+                    for agent, a in self._agents.items()
+                    if a[0] or a[1] or a[2]
+                },
             )
 
     # -- call indices ---------------------------------------------------------------------
@@ -165,19 +149,33 @@ class ThreadSpend:
 
     # -- reservations (lock held by the caller for reserve) ---------------------------
 
-    def reserve(self, key: str, *, agent: str, projected: Spend) -> None:
+    def reserve(self, key: str, *, agent: str, usd: int, inp: int, out: int) -> None:
         """Count a call's projection as reserved (lock held: the check before it, and
         this, are one atomic step)."""
-        self._calls[key] = (agent, projected)
-        self._reserved.add(projected)
-        self._agent(agent)[1].add(projected)
+        self._calls[key] = (agent, usd, inp, out)
+        t = self._thread
+        t[3] += usd
+        t[4] += inp
+        t[5] += out
+        a = self._agents.get(agent)
+        if a is None:
+            a = self._agents[agent] = _row()
+        a[3] += usd
+        a[4] += inp
+        a[5] += out
 
-    def _take(self, key: str) -> tuple[str, Spend] | None:
+    def _take(self, key: str) -> tuple[str, int, int, int] | None:
         found = self._calls.pop(key, None)
         if found is not None:
-            agent, projected = found
-            self._reserved.add(projected, -1)
-            self._agent(agent)[1].add(projected, -1)
+            agent, usd, inp, out = found
+            t = self._thread
+            t[3] -= usd
+            t[4] -= inp
+            t[5] -= out
+            a = self._agents[agent]
+            a[3] -= usd
+            a[4] -= inp
+            a[5] -= out
         return found
 
     def settle(self, key: str, actual: Spend) -> None:
@@ -185,8 +183,17 @@ class ThreadSpend:
         with self.lock:
             found = self._take(key)
             if found is not None:
-                self._settled.add(actual)
-                self._agent(found[0])[0].add(actual)
+                self._add(found[0], actual.usd_micros, actual.input_tokens, actual.output_tokens)
+
+    def _add(self, agent: str, usd: int, inp: int, out: int) -> None:
+        t = self._thread
+        t[0] += usd
+        t[1] += inp
+        t[2] += out
+        a = self._agents[agent]
+        a[0] += usd
+        a[1] += inp
+        a[2] += out
 
     def release(self, key: str) -> None:
         """Drop a reservation: the call failed before it was billed."""
@@ -200,10 +207,9 @@ class ThreadSpend:
             found = self._take(key)
             if found is None:
                 return None
-            agent, projected = found
-            self._settled.add(projected)
-            self._agent(agent)[0].add(projected)
-            return projected
+            agent, usd, inp, out = found
+            self._add(agent, usd, inp, out)
+            return spend(usd, inp, out)
 
 
 class SpendLog:

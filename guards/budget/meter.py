@@ -51,7 +51,7 @@ from .log import ThreadSpend
 from .policy import Budget
 from .pricing import Price, Pricer, pricer
 from .spend import Spend, SpendPool
-from .tokens import TokenCounter
+from .tokens import TokenCounter, shared_counter
 
 __all__ = ("AsyncBudgetMeter", "BudgetMeter", "CallHooks", "metering")
 
@@ -94,7 +94,8 @@ class BudgetMeter(BaseCallbackHandler):
         hops: The thread's hop count, for trip records.
         key: Prefix of the call keys (``"<thread_id>|<checkpoint_ns>"`` in a graph).
         first_call: The lowest index the step's first call may take.
-        tokens: The token counter to count input messages with (a run shares one).
+        tokens: The token counter to count input messages with (default: the process's,
+            :func:`~.tokens.shared_counter`).
         refused: ``(provider, model)`` pairs to refuse under ``no_usage="refuse"`` (a run
             shares one set).
 
@@ -180,7 +181,7 @@ class BudgetMeter(BaseCallbackHandler):
             hops=hops,
             first_call=first_call,
         )
-        self._tokens = tokens if tokens is not None else TokenCounter()
+        self._tokens = tokens if tokens is not None else shared_counter()
         self._refused = refused if refused is not None else set()
         self._holds = PoolHolds(pool, self.account) if pool is not None else None
         self._priced: tuple[str | None, str, Pricer] | None = None
@@ -285,8 +286,9 @@ class BudgetMeter(BaseCallbackHandler):
         if prefix is None:
             prefix = self.key = key_prefix(metadata)
             self.account.task = prefix
+        account = self.account
         call = InFlight(
-            0,
+            account.thread.take_index(prefix, account.first_call),
             prefix,
             provider,
             model,
@@ -298,7 +300,8 @@ class BudgetMeter(BaseCallbackHandler):
             parent_run_id,
             metadata,
         )
-        return self.account.admit(run_id, call)
+        account.admit(run_id, call)
+        return call
 
     def _reserve(self, run_id: UUID, call: InFlight) -> None:
         """The admitted call's reservations outside the thread: the pool, the journal."""

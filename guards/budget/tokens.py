@@ -6,14 +6,16 @@ the tools' part counted once. A conversation's earlier messages are the same obj
 one model call to the next (the graph state keeps them), so a :class:`TokenCounter` keeps
 each message's count and every call counts only its new messages.
 
-The counter holds no message: an entry keeps a weak reference to its message, the ids and
-sizes of the fields the count was computed from (``content``, ``name`` and the one other
-field the count reads for its class: an AI message's ``tool_calls``, a tool message's
-``tool_call_id``, a chat message's ``role``, a system message's ``additional_kwargs``), and
-for string content its hash; a message whose fields were replaced is counted again. A
-change made *inside* a mutable field (a tool call's ``args`` dict edited in place) is not
-seen: the message keeps its old count while it lives. The count is the projection's
-estimate only: what a call spent always comes from its ``usage_metadata``.
+The counter holds no message: an entry keeps a weak reference to its message, and the ids
+and sizes of the fields the count was computed from (``content``, ``name`` and the one
+other field the count reads for its class: an AI message's ``tool_calls``, a tool
+message's ``tool_call_id``, a chat message's ``role``, a system message's
+``additional_kwargs``); a message whose fields were replaced, or grew or shrank, is
+counted again. A change made *inside* a field that keeps its size (a tool call's ``args``
+dict edited in place; a string replaced by another of the same length that happens to get
+the old one's address) is not seen: the message keeps its old count while it lives. The
+count is the projection's estimate only: what a call spent always comes from its
+``usage_metadata``.
 
 Measured reason for the cache (bench/budget.py --loop): re-counting a 40-message
 conversation on every call of an agent's tool loop costs more than the rest of the meter.
@@ -30,7 +32,7 @@ from typing import Any, NamedTuple
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, SystemMessage, ToolMessage
 from langchain_core.messages.utils import count_tokens_approximately
 
-__all__ = ("TokenCounter",)
+__all__ = ("TokenCounter", "shared_counter")
 
 _EXTRA_FIELDS = (
     (AIMessage, "tool_calls"),
@@ -46,25 +48,24 @@ def _extra_field(cls: type) -> str | None:
     return next((name for base, name in _EXTRA_FIELDS if issubclass(cls, base)), None)
 
 
-def _shape(value: Any) -> tuple[int, int, int]:
-    """What identifies a field's value without holding it: id, size, and for a string its
-    hash (cached by the string itself, so cheap after the first time)."""
-    if value is None:
-        return (0, -1, 0)
-    if isinstance(value, str):
-        return (id(value), len(value), hash(value))
+def _size(value: Any) -> int:
+    """A field value's size (-1 when it has none, e.g. None)."""
     try:
-        return (id(value), len(value), 0)
+        return len(value)
     except TypeError:
-        return (id(value), -1, 0)
+        return -1
 
 
 class _Entry(NamedTuple):
+    """A message's count, and what identifies the fields it was computed from."""
+
     ref: weakref.ref[BaseMessage]
-    content: tuple[int, int, int]
-    name: tuple[int, int, int]
+    content_id: int
+    content_size: int
+    name_id: int
     field: str | None
-    value: tuple[int, int, int]
+    value_id: int
+    value_size: int
     tokens: int
 
 
@@ -100,15 +101,24 @@ class TokenCounter:
         get = self._entries.get
         for message in messages:
             entry = get(id(message))
-            if (
-                entry is not None
-                and entry.ref() is message
-                and entry.content == _shape(message.content)
-                and entry.name == _shape(message.name)
-                and (entry.field is None or entry.value == _shape(getattr(message, entry.field)))
-            ):
-                total += entry.tokens
-                continue
+            # Inline, not a call per message: a conversation is re-sent on every call.
+            if entry is not None and entry.ref() is message:
+                content = message.content
+                if (
+                    id(content) == entry.content_id
+                    and len(content) == entry.content_size
+                    and id(message.name) == entry.name_id
+                ):
+                    field = entry.field
+                    if field is None:
+                        total += entry.tokens
+                        continue
+                    value = getattr(message, field)
+                    if id(value) == entry.value_id and (
+                        entry.value_size < 0 or len(value) == entry.value_size
+                    ):
+                        total += entry.tokens
+                        continue
             total += self._count_one(message)
         return total
 
@@ -117,12 +127,15 @@ class TokenCounter:
         if not isinstance(message, BaseMessage):
             return tokens
         field = _extra_field(type(message))
+        value = getattr(message, field) if field is not None else None
         entry = _Entry(
             weakref.ref(message),
-            _shape(message.content),
-            _shape(message.name),
+            id(message.content),
+            _size(message.content),
+            id(message.name),
             field,
-            _shape(getattr(message, field)) if field is not None else (0, -1, 0),
+            id(value),
+            _size(value),
             tokens,
         )
         with self._lock:
@@ -158,3 +171,17 @@ class TokenCounter:
                 self._tools.clear()
             self._tools[key] = tokens
         return tokens
+
+
+_SHARED = TokenCounter()
+
+
+def shared_counter() -> TokenCounter:
+    """The process's token counter, which meters use unless given one.
+
+    One per process on purpose: a conversation's messages are counted once whichever run,
+    step or thread sends them again (a chat thread resends its history every turn). It
+    holds weak references and counts, never a message, and is bounded; a count is a pure
+    function of its message, so sharing it decides nothing about any run.
+    """
+    return _SHARED
